@@ -1,0 +1,5 @@
+import sys
+
+from cmcrec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,434 @@
+"""CLI verbs. Each is a typed function; Typer builds the parser and help from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from cmcrec.config import RunContext
+from cmcrec.errors import CmcrecError, ConfigError
+
+app = typer.Typer(
+    help="cmcrec: Contrastive Matrix Completion recommender (MCCL, IGMC, MF baselines).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Folder holding datasets (else $CMCREC_DATA_DIR, else the user cache)."),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help="Dataset name (see `cmcrec data list`) or a file.")]
+SplitOpt = Annotated[
+    str | None, typer.Option("--split", help="Split: a canonical one (u1..u5, ua, ub), 'random' or 'temporal'.")
+]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for splits, sampling and initialisation.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Workers = Annotated[int, typer.Option("--num-workers", help="DataLoader workers extracting subgraphs.")]
+Ks = Annotated[str, typer.Option("--k", help="Comma-separated cut-offs for ranking metrics.")]
+Candidates = Annotated[
+    int,
+    typer.Option(
+        "--candidates", help="Items the candidate generator proposes for subgraph models to re-rank (0 = all)."
+    ),
+]
+
+
+def _emit(obj: Any, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
+    else:
+        typer.echo(text if text is not None else json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _say(msg: str) -> None:
+    """Human-facing progress lines go to stderr, so stdout stays machine-readable."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _parse_ks(ks: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(k) for k in ks.split(",") if k.strip())
+    except ValueError:
+        raise ConfigError(f"--k: expected comma-separated integers, got {ks!r}") from None
+    if not out or min(out) < 1:
+        raise ConfigError(f"--k: cut-offs must be >= 1, got {ks!r}")
+    return out
+
+
+def _context(seed: int, device: str, num_workers: int) -> RunContext:
+    from cmcrec.training.distributed import init_from_env
+
+    return init_from_env(RunContext(device=device, num_workers=num_workers, seed=seed))
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+
+@data_app.command("list")
+def data_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """List known datasets and whether each is available locally."""
+    from cmcrec.data.datasets import list_datasets
+
+    rows = list_datasets(data_dir)
+    if as_json:
+        _emit({"datasets": rows}, True)
+        return
+    for r in rows:
+        mark = "available" if r.get("available") else "missing"
+        typer.echo(f"{r['name']:<22} {mark:<10} {r.get('description', '')}")
+
+
+@data_app.command("info")
+def data_info(
+    name: Annotated[str, typer.Argument(help="Dataset name or path to a ratings file.")],
+    data_dir: DataDir = None,
+    sep: Annotated[str | None, typer.Option("--sep", help="Field delimiter of a text file (default: sniffed).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Summary statistics of a dataset or ratings file."""
+    from cmcrec.data.datasets import load_ratings
+
+    options = {} if sep is None else {"sep": sep}
+    ratings = load_ratings(name, data_dir=data_dir, **options)
+    info = ratings.info()
+    _emit(info, as_json, "\n".join(f"{k:<26} {v}" for k, v in info.items()))
+
+
+# -- train / evaluate ---------------------------------------------------------------------------------
+
+
+def _load_split(dataset: str, split: str | None, data_dir: Path | None, seed: int):
+    from cmcrec.data.datasets import load_split
+
+    return load_split(dataset, split=split, data_dir=data_dir, seed=seed)
+
+
+def _subsample(train, n: int | None, seed: int):
+    if n is None or n >= len(train):
+        return train
+    if n < 2:
+        raise ConfigError(f"--max-train-ratings must be >= 2, got {n}")
+    rows = np.sort(np.random.default_rng([seed, 202]).choice(len(train), size=n, replace=False))
+    return train.subset(rows)
+
+
+def _config_overrides(
+    config_file: Path | None, epochs: int | None, preset: str | None, fields: set[str]
+) -> dict[str, Any]:
+    from cmcrec.models.presets import preset_overrides
+
+    overrides: dict[str, Any] = preset_overrides(preset, fields) if preset else {}
+    if config_file is not None:
+        try:
+            loaded = json.loads(config_file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"--config: {config_file}: file not found") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--config: {config_file}:{e.lineno}: invalid JSON: {e.msg}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config: {config_file}: expected a JSON object of config fields")
+        overrides.update(loaded)
+    if epochs is not None:
+        if epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+        overrides["epochs"] = epochs
+    return overrides
+
+
+def fit_model(
+    model: str,
+    dataset: str,
+    split: str | None,
+    data_dir: Path | None,
+    seed: int,
+    device: str,
+    num_workers: int,
+    epochs: int | None,
+    max_train_ratings: int | None,
+    config_file: Path | None,
+    preset: str | None,
+    out: Path | None,
+    resume: bool,
+    quiet: bool,
+):
+    """Load data, train, return (recommender, split)."""
+    from cmcrec.models.registry import get_model
+    from cmcrec.recommender import Recommender
+
+    spec = get_model(model)
+    context = _context(seed, device, num_workers)
+    data = _load_split(dataset, split, data_dir, seed)
+    train = _subsample(data.train, max_train_ratings, seed)
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    config = spec.make_config(_config_overrides(config_file, epochs, preset, fields), source="--config")
+    checkpoint_dir = None if out is None else out.with_name(out.name + ".checkpoint")
+
+    def log(r):
+        if not quiet:
+            _say(
+                f"epoch {r.epoch:3d}  loss {r.train_loss:.4f}  valid RMSE {r.valid_rmse:.4f}  "
+                f"{r.subgraphs_per_s:,.0f} targets/s  {r.seconds:.1f}s"
+            )
+
+    if not quiet and context.is_main:
+        _say(
+            f"training {model} on {data.name}: {len(train):,} ratings "
+            f"({train.num_users:,} users × {train.num_items:,} items), device {context.device}"
+        )
+    rec = Recommender.fit(model, train, config, context, checkpoint_dir=checkpoint_dir, resume=resume, log=log)
+    if out is not None and context.is_main:
+        rec.save(out)
+        if not quiet:
+            _say(f"saved {out}")
+    return rec, data, context
+
+
+def evaluate_recommender(rec, data, ks: tuple[int, ...], candidates: int | None, sampled: bool = True) -> dict:
+    """Rating and ranking metrics of a recommender on a split's test ratings."""
+    from cmcrec.data.splits import temporal_split
+    from cmcrec.evaluation.protocols import evaluate_full_ranking, evaluate_ratings, evaluate_sampled
+
+    test = data.test
+    pred = rec.predict_indices(test.user, test.item)
+    result: dict[str, Any] = dict(evaluate_ratings(pred, test))
+
+    class _Ranker:
+        def rank(self, users, k):
+            return rec.rank(users, k, candidates)
+
+    result |= evaluate_full_ranking(_Ranker(), data.train, test, ks=ks)
+    result["candidates"] = candidates if candidates is not None else "all"
+    if sampled and test.timestamp is not None:
+        # The paper's protocol: each test user's last test rating against 99 sampled unrated items.
+        last = temporal_split(test).test
+
+        class _Scorer:
+            def score(self, users, items):
+                flat = rec.predict_indices(np.repeat(users, items.shape[1]), items.ravel())
+                return flat.reshape(items.shape)
+
+        result |= evaluate_sampled(_Scorer(), data.train, last, num_negatives=99, rng=np.random.default_rng(0))
+    return result
+
+
+@app.command()
+def train(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model name: mf, bias, igmc, mccl, mccl-v1, ...")
+    ] = "mccl",
+    dataset: Dataset = "movietweetings-100k",
+    split: SplitOpt = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Override the config's epochs.")] = None,
+    max_train_ratings: Annotated[
+        int | None, typer.Option("--max-train-ratings", help="Train on a seeded sample of this many ratings.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the model artifact here.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="JSON file of config fields.")] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="Config preset: 'cpu' (laptop budget) or 'paper'.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.checkpoint.")] = False,
+    evaluate: Annotated[
+        bool, typer.Option("--evaluate/--no-evaluate", help="Report test metrics after training.")
+    ] = True,
+    candidates: Candidates = 200,
+    k: Ks = "10",
+    data_dir: DataDir = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    num_workers: Workers = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train a model, save it with --out, and report test metrics."""
+    if resume and out is None:
+        raise ConfigError("--resume needs --out (the checkpoint lives beside it)")
+    rec, data, context = fit_model(
+        model,
+        dataset,
+        split,
+        data_dir,
+        seed,
+        device,
+        num_workers,
+        epochs,
+        max_train_ratings,
+        config,
+        preset,
+        out,
+        resume,
+        quiet=False,
+    )
+    from cmcrec.training.distributed import shutdown
+
+    if not context.is_main:
+        shutdown()
+        return
+    result: dict[str, Any] = {
+        "model": model,
+        "dataset": data.name,
+        "best_epoch": rec.training.get("best_epoch"),
+        "best_valid_rmse": rec.training.get("best_valid_rmse"),
+        "train_seconds": rec.training.get("seconds"),
+        "out": str(out) if out is not None else None,
+    }
+    if evaluate:
+        result |= evaluate_recommender(rec, data, _parse_ks(k), candidates or None)
+    shutdown()
+    _emit(result, as_json, _format_metrics(result))
+
+
+def _format_metrics(result: dict) -> str:
+    lines = []
+    for key, v in result.items():
+        if isinstance(v, float):
+            v = f"{v:.4f}" if math.isfinite(v) else str(v)
+        lines.append(f"{key:<24} {v}")
+    return "\n".join(lines)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option("--model", "-m", help="A model directory, or a model name to train first.")],
+    dataset: Dataset = "movietweetings-100k",
+    split: SplitOpt = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="When training: override epochs.")] = None,
+    max_train_ratings: Annotated[int | None, typer.Option("--max-train-ratings")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="When training: JSON config file.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="When training: config preset.")] = None,
+    candidates: Candidates = 200,
+    k: Ks = "5,10,20",
+    data_dir: DataDir = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    num_workers: Workers = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Test-split metrics: RMSE, MAE, full-catalogue ranking, coverage, popularity, sampled ranking."""
+    from cmcrec.recommender import Recommender
+
+    ks = _parse_ks(k)
+    path = Path(model)
+    if path.is_dir():
+        rec = Recommender.load(path, device="cpu" if device == "auto" else device)
+        data = _load_split(dataset, split, data_dir, seed)
+        if data.train.users != rec.users or data.train.items != rec.items:
+            raise ConfigError(f"--model {model}: its vocabularies do not match --dataset {dataset} --split {split}")
+        model_name = rec.model_name
+    else:
+        rec, data, _ = fit_model(
+            model,
+            dataset,
+            split,
+            data_dir,
+            seed,
+            device,
+            num_workers,
+            epochs,
+            max_train_ratings,
+            config,
+            preset,
+            None,
+            False,
+            quiet=as_json,
+        )
+        model_name = model
+    result = {"model": model_name, "dataset": data.name} | evaluate_recommender(rec, data, ks, candidates or None)
+    _emit(result, as_json, _format_metrics(result))
+
+
+def _parse_ratings_flag(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        item, eq, value = part.rpartition("=")
+        if not eq or not item:
+            raise ConfigError(f"--ratings: expected item=rating pairs separated by commas, got {part!r}")
+        try:
+            out[item.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--ratings: rating for item {item.strip()!r} is not a number: {value!r}") from None
+    if not out:
+        raise ConfigError("--ratings: give at least one item=rating pair")
+    return out
+
+
+@app.command()
+def recommend(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model directory written by `cmcrec train --out`.")],
+    user: Annotated[str | None, typer.Option("--user", "-u", help="A training user id.")] = None,
+    ratings: Annotated[
+        str | None, typer.Option("--ratings", help="A new user's ratings: 'item=rating,item=rating,...'.")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--top", help="Number of items.")] = 10,
+    candidates: Candidates = 200,
+    include_seen: Annotated[bool, typer.Option("--include-seen", help="Allow items the user already rated.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Top-K items for a training user (--user) or for a new user from a few ratings (--ratings)."""
+    from cmcrec.recommender import Recommender
+
+    if (user is None) == (ratings is None):
+        raise ConfigError("give exactly one of --user or --ratings")
+    if k < 1 or k > 1000:
+        raise ConfigError(f"-k must be in 1..1000, got {k}")
+    rec = Recommender.load(model)
+    if user is not None:
+        recs = rec.recommend(user, k=k, exclude_seen=not include_seen, candidates=candidates or None)
+        who: dict[str, Any] = {"user": user}
+    else:
+        recs = rec.recommend_for_ratings(_parse_ratings_flag(ratings or ""), k=k, candidates=candidates or None)
+        who = {"new_user": True}
+    payload = who | {"items": [r.to_dict() for r in recs]}
+    lines = [f"{'rank':>4}  {'item':<12} {'score':>6}  title"]
+    for i, r in enumerate(recs, 1):
+        lines.append(f"{i:>4}  {r.item:<12} {r.score:6.3f}  {r.title or ''}")
+    _emit(payload, as_json, "\n".join(lines))
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model directory.")],
+    host: Annotated[str, typer.Option("--host", help="Bind address (loopback unless told otherwise).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+) -> None:
+    """Serve a model over HTTP (FastAPI + uvicorn); OpenAPI docs at /docs."""
+    import uvicorn
+
+    from cmcrec.service.app import create_app
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {port}")
+    uvicorn.run(create_app(model), host=host, port=port, log_level="info")
+
+
+def _register_benchmarks() -> None:
+    from cmcrec.cli.bench import bench_app
+
+    app.add_typer(bench_app, name="benchmark")
+
+
+try:
+    _register_benchmarks()
+except ImportError:  # pragma: no cover - benchmarks module is part of the package
+    pass
+
+__all__ = ["app", "CmcrecError"]

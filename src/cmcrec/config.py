@@ -1,0 +1,166 @@
+"""Typed configuration: hyper-parameters apart from run context.
+
+Every model config is a dataclass deriving from :class:`TrainConfig` (the fields
+the one generic trainer reads). Configs validate on construction, round-trip
+through JSON, and reject unknown keys by name. :class:`RunContext` holds what is
+*not* a hyper-parameter (device, workers, seed, output directory, rank), so an
+artifact's config says how a model was trained, not where.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cmcrec.errors import ConfigError
+
+C = TypeVar("C", bound="ConfigBase")
+
+
+class ConfigBase:
+    """JSON round trip and field-named validation errors for config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
+        """Build from a dict; unknown keys and wrong types raise :class:`ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected an object of fields, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(sorted(names))}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: _coerce(v, hints[k], f"{source}: field {k!r}") for k, v in data.items()}
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls: type[C], path: str | Path) -> C:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a JSON value against a simple type hint (int, float, bool, str, X | None)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {hint}, got {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _check(cond: bool, field: str, value: Any, rule: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field} must be {rule}, got {value!r}")
+
+
+@dataclass
+class TrainConfig(ConfigBase):
+    """Optimisation settings the generic trainer reads; every model config extends it.
+
+    Attributes:
+        lr: Adam learning rate.
+        lr_decay_factor: multiply the learning rate by this every ``lr_decay_step`` epochs.
+        lr_decay_step: epochs between learning-rate decays.
+        batch_size: target ratings per optimisation step.
+        epochs: maximum number of epochs.
+        weight_decay: Adam weight decay (L2 on all parameters).
+        grad_clip: clip the global gradient norm to this value; ``None`` disables.
+        patience: stop after this many epochs without a better validation RMSE;
+            ``None`` trains all ``epochs`` (the best epoch is still the one kept).
+        valid_fraction: share of training ratings carved off for validation
+            (epoch selection and early stopping). Never the test split.
+    """
+
+    lr: float = 1e-3
+    lr_decay_factor: float = 0.9
+    lr_decay_step: int = 10
+    batch_size: int = 128
+    epochs: int = 60
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    patience: int | None = None
+    valid_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "lr", self.lr, "> 0")
+        _check(0 < self.lr_decay_factor <= 1, "lr_decay_factor", self.lr_decay_factor, "in (0, 1]")
+        _check(self.lr_decay_step >= 1, "lr_decay_step", self.lr_decay_step, ">= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        _check(self.epochs >= 1, "epochs", self.epochs, ">= 1")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "> 0 or null")
+        _check(self.patience is None or self.patience >= 1, "patience", self.patience, ">= 1 or null")
+        _check(0 < self.valid_fraction < 1, "valid_fraction", self.valid_fraction, "in (0, 1)")
+
+
+@dataclass
+class RunContext:
+    """Where and how a run executes — never part of a model's hyper-parameters.
+
+    Attributes:
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        num_workers: DataLoader worker processes for batch building (subgraph extraction).
+        seed: the one seed every generator of the run derives from.
+        bf16: bfloat16 autocast on CUDA.
+        progress: show progress bars (``None``: only when stderr is a terminal).
+        rank: this process's rank under ``torchrun`` (0 when not distributed).
+        world_size: number of processes.
+    """
+
+    device: str = "auto"
+    num_workers: int = 0
+    seed: int = 0
+    bf16: bool = False
+    progress: bool | None = None
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 0, "--num-workers", self.num_workers, ">= 0")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes files and logs."""
+        return self.rank == 0

@@ -1,0 +1,403 @@
+"""The Recommender: ids in, predictions and top-K lists out; fit, save and load.
+
+This is the object library users, the CLI and the HTTP service share. It owns
+the id ↔ index vocabularies, the training graph (subgraph models read it at
+prediction time), the candidate generator, and the artifact format:
+
+``DIR/manifest.json``           format version, model name, config, data spec, training history
+``DIR/model.safetensors``       the module's weights
+``DIR/train_ratings.safetensors``  the training ratings (user, item, rating) by index
+``DIR/vocab.json``              user and item ids, item titles and genres
+
+Unknown-id policy: a user or item id absent from the training vocabulary raises
+:class:`~cmcrec.errors.UnknownIdError` naming it. A user with no ratings at all
+is a new user: call :meth:`recommend_for_ratings` with their ratings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cmcrec._version import __version__
+from cmcrec.artifacts import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors, read_json
+from cmcrec.candidates import ItemKNNCandidates
+from cmcrec.config import RunContext, TrainConfig
+from cmcrec.data.ratings import Ratings, RatingScale, Vocabulary
+from cmcrec.errors import ArtifactError, CmcrecError
+from cmcrec.models.base import RatingModel
+from cmcrec.models.registry import DataSpec, get_model
+from cmcrec.training.batching import make_batcher
+from cmcrec.training.trainer import EpochRecord, Trainer, TrainResult, predict_rows, resolve_device
+
+FORMAT = "cmcrec-model"
+FORMAT_VERSION = 1
+DEFAULT_CANDIDATES = 200
+
+
+@dataclass
+class Recommendation:
+    """One recommended item."""
+
+    item: str
+    score: float
+    title: str | None = None
+    genres: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"item": self.item, "score": self.score}
+        if self.title is not None:
+            d["title"] = self.title
+        if self.genres is not None:
+            d["genres"] = list(self.genres)
+        return d
+
+
+class Recommender:
+    """A trained model with its data context.
+
+    Args:
+        model_name: registry name (``mf``, ``igmc``, ``mccl``, ...).
+        config: the model's config.
+        module: the trained module.
+        train: the training ratings the model predicts from (its vocabularies are the model's).
+        training: the training summary (history, best epoch), if any.
+        device: where to run predictions.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        config: TrainConfig,
+        module: RatingModel,
+        train: Ratings,
+        training: dict | None = None,
+        device: str = "cpu",
+        data: DataSpec | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.config = config
+        self.device = resolve_device(device)
+        self.module = module.to(self.device).eval()
+        self.train = train
+        self.training = training or {}
+        # The shapes the module was built with (its global mean is the fitting share's).
+        self.data = data or DataSpec.from_ratings(train)
+        self._graph = None
+        self._candidates: ItemKNNCandidates | None = None
+        self._seen = train.csr()
+
+    # -- construction ----------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        model: str,
+        train: Ratings,
+        config: TrainConfig | Mapping[str, Any] | None = None,
+        context: RunContext | None = None,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        log: Callable[[EpochRecord], None] | None = None,
+    ) -> Recommender:
+        """Train ``model`` on ``train``; the best epoch is chosen on a validation share of ``train``.
+
+        Args:
+            model: registry name.
+            train: training ratings. ``config.valid_fraction`` of them is carved off for validation.
+            config: a config object, or overrides for the preset's defaults.
+            context: device, workers, seed, rank.
+            checkpoint_dir: write a checkpoint there after every epoch.
+            resume: continue from the checkpoint in ``checkpoint_dir``.
+            log: called with each epoch's record (rank 0).
+        """
+        from cmcrec.data.splits import validation_split
+        from cmcrec.graph.csr import RatingGraph
+
+        spec = get_model(model)
+        if config is None or isinstance(config, Mapping):
+            config = spec.make_config(dict(config or {}))
+        context = context or RunContext()
+        if len(train) < 2:
+            raise CmcrecError(f"{train.name}: need at least 2 training ratings, got {len(train)}")
+        fit_part, valid = validation_split(train, config.valid_fraction, np.random.default_rng([context.seed, 101]))
+        data = DataSpec.from_ratings(fit_part)
+        torch.manual_seed(context.seed)
+        module = spec.build(config, data)
+        trainer = Trainer(module, config, context, checkpoint_dir=checkpoint_dir)
+        if resume:
+            if checkpoint_dir is None or not (Path(checkpoint_dir) / "state.json").is_file():
+                raise ArtifactError(f"--resume: no checkpoint found in {checkpoint_dir}")
+            trainer.load_checkpoint(checkpoint_dir)
+        graph = RatingGraph.from_ratings(fit_part)
+        kind = module.batch_kind
+        result: TrainResult = trainer.fit(
+            fit_part,
+            valid,
+            make_batcher(kind, config, graph, train=True, seed=context.seed, rank=context.rank),
+            make_batcher(kind, config, graph, train=False, seed=context.seed),
+            log=log,
+        )
+        summary = result.to_dict() | {"num_train": len(fit_part), "num_valid": len(valid), "seed": context.seed}
+        # Predictions use every training rating (validation included) as graph context.
+        return cls(model, config, trainer.model, train, training=summary, device=str(trainer.device), data=data)
+
+    # -- ids -------------------------------------------------------------------------------------------
+
+    @property
+    def users(self) -> Vocabulary:
+        return self.train.users
+
+    @property
+    def items(self) -> Vocabulary:
+        return self.train.items
+
+    @property
+    def graph(self):
+        if self._graph is None:
+            from cmcrec.graph.csr import RatingGraph
+
+            self._graph = RatingGraph.from_ratings(self.train)
+        return self._graph
+
+    @property
+    def candidate_generator(self) -> ItemKNNCandidates:
+        if self._candidates is None:
+            self._candidates = ItemKNNCandidates(self.train)
+        return self._candidates
+
+    def item_info(self, item_index: int) -> dict[str, Any]:
+        item = str(self.items.ids[item_index])
+        info: dict[str, Any] = {"item": item, "num_ratings": int(self._seen.getcol(item_index).nnz)}
+        if self.train.item_titles is not None and item in self.train.item_titles:
+            info["title"] = self.train.item_titles[item]
+        if self.train.item_genres is not None and item in self.train.item_genres:
+            info["genres"] = list(self.train.item_genres[item])
+        return info
+
+    def _recommendations(self, items: np.ndarray, scores: np.ndarray) -> list[Recommendation]:
+        out = []
+        for i, s in zip(items, scores, strict=True):
+            item = str(self.items.ids[i])
+            out.append(
+                Recommendation(
+                    item=item,
+                    score=float(s),
+                    title=self.train.title(item),
+                    genres=None if self.train.item_genres is None else self.train.item_genres.get(item),
+                )
+            )
+        return out
+
+    # -- prediction ------------------------------------------------------------------------------------
+
+    def predict_indices(
+        self, users: np.ndarray, items: np.ndarray, graph=None, batch_size: int = 512, num_workers: int = 0
+    ) -> np.ndarray:
+        """Predicted ratings ``(n,)`` for index pairs."""
+        batcher = make_batcher(self.module.batch_kind, self.config, graph or self.graph, train=False, seed=0)
+        return predict_rows(
+            self.module,
+            batcher,
+            np.asarray(users),
+            np.asarray(items),
+            batch_size=batch_size,
+            device=self.device,
+            num_workers=num_workers,
+        )
+
+    def predict(self, user: object, items: Sequence[object]) -> np.ndarray:
+        """Predicted ratings of ``user`` for ``items`` (ids), on the dataset's scale."""
+        u = self.users.index(user)
+        idx = self.items.lookup(items)
+        return self.predict_indices(np.full(len(idx), u, np.int64), idx)
+
+    def _seen_items(self, u: int) -> np.ndarray:
+        return self._seen.indices[self._seen.indptr[u] : self._seen.indptr[u + 1]]
+
+    def rank(self, users: np.ndarray, k: int, candidates: int | None = DEFAULT_CANDIDATES) -> np.ndarray:
+        """Top-``k`` unseen item indices ``(len(users), k)`` (−1 padded) — the evaluation harness's Ranker.
+
+        Id-based models with a full score matrix score the whole catalogue; subgraph
+        models re-rank the top ``candidates`` items of the item-kNN generator, or the
+        whole catalogue when ``candidates`` is ``None``.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        out = np.full((len(users), k), -1, dtype=np.int64)
+        score_all = getattr(self.module, "score_all", None)
+        if score_all is not None:
+            with torch.no_grad():
+                s = score_all(torch.as_tensor(users, device=self.device)).float().cpu().numpy()
+            for row, u in enumerate(users):
+                s[row, self._seen_items(u)] = -np.inf
+            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            valid = np.take_along_axis(s, top, axis=1) > -np.inf
+            out[:, : top.shape[1]] = np.where(valid, top, -1)
+            return out
+        hist = [self._seen_items(u) for u in users]
+        rats = [self._seen.data[self._seen.indptr[u] : self._seen.indptr[u + 1]] for u in users]
+        if candidates is None:
+            cand = np.tile(np.arange(self.data.num_items), (len(users), 1))
+            for row, h in enumerate(hist):
+                cand[row, h] = -1
+        else:
+            cand = self.candidate_generator.candidates(hist, rats, candidates)
+        rows, cols = np.nonzero(cand >= 0)
+        pred = np.full(cand.shape, -np.inf)
+        pred[rows, cols] = self.predict_indices(users[rows], cand[rows, cols])
+        order = np.argsort(-pred, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(cand, order, axis=1)
+        top[np.take_along_axis(pred, order, axis=1) == -np.inf] = -1
+        out[:, : top.shape[1]] = top
+        return out
+
+    def recommend(
+        self, user: object, k: int = 10, exclude_seen: bool = True, candidates: int | None = DEFAULT_CANDIDATES
+    ) -> list[Recommendation]:
+        """Top-``k`` items for a training user, best first."""
+        u = self.users.index(user)
+        if exclude_seen:
+            top = self.rank(np.array([u]), k, candidates)[0]
+            top = top[top >= 0]
+        else:
+            top = np.arange(self.data.num_items)
+        scores = self.predict_indices(np.full(len(top), u, np.int64), top)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return self._recommendations(top[order], scores[order])
+
+    def _parse_new_ratings(self, ratings: Mapping[object, float]) -> tuple[np.ndarray, np.ndarray]:
+        if not ratings:
+            raise CmcrecError("ratings: give at least one (item, rating) pair")
+        idx = self.items.lookup(list(ratings))
+        vals = np.asarray([float(v) for v in ratings.values()], dtype=np.float32)
+        bad = self.train.scale.invalid(vals)
+        if bad.any():
+            item = list(ratings)[int(np.nonzero(bad)[0][0])]
+            raise CmcrecError(
+                f"ratings: rating {ratings[item]!r} for item {item!r} is outside the scale "
+                f"{self.train.scale.minimum:g}..{self.train.scale.maximum:g}"
+            )
+        return idx, vals
+
+    def recommend_for_ratings(
+        self, ratings: Mapping[object, float], k: int = 10, candidates: int | None = DEFAULT_CANDIDATES
+    ) -> list[Recommendation]:
+        """Top-``k`` for a user absent from training, from a few of their ratings — no retraining.
+
+        Subgraph models add the user to the training graph and score their
+        enclosing subgraphs directly; id-based models fold the user in.
+        """
+        idx, vals = self._parse_new_ratings(ratings)
+        fold_in = getattr(self.module, "fold_in", None)
+        if fold_in is not None:
+            bias, factors = fold_in(torch.as_tensor(idx, device=self.device), torch.as_tensor(vals, device=self.device))
+            with torch.no_grad():
+                m = self.module
+                s = m.global_mean + bias + m.item_bias.weight.squeeze(-1)
+                if factors.numel():
+                    s = s + m.item_factors.weight @ factors
+                s = s.clamp(m.rating_min, m.rating_max).cpu().numpy().astype(np.float64)
+            s[idx] = -np.inf
+            top = np.argsort(-s, kind="stable")[:k]
+            top = top[s[top] > -np.inf]
+            return self._recommendations(top, s[top])
+        graph, u_new = self.graph.with_new_user(
+            idx, self.train.scale.relation_type(vals), self.train.scale.normalize(vals).astype(np.float32)
+        )
+        if candidates is None:
+            cand = np.setdiff1d(np.arange(self.data.num_items), idx)
+        else:
+            cand = self.candidate_generator.candidates([idx], [vals], candidates)[0]
+            cand = cand[cand >= 0]
+        scores = self.predict_indices(np.full(len(cand), u_new, np.int64), cand, graph=graph)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return self._recommendations(cand[order], scores[order])
+
+    # -- persistence -----------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the artifact atomically (a half-written directory is never left at ``directory``)."""
+        directory = Path(directory)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "cmcrec_version": __version__,
+            "model": self.model_name,
+            "config": self.config.to_dict(),
+            "data": self.data.to_dict(),
+            "dataset": self.train.name,
+            "scale": self.train.scale.to_dict(),
+            "num_train_ratings": len(self.train),
+            "training": self.training,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        vocab = {
+            "users": self.users.to_list(),
+            "items": self.items.to_list(),
+            "item_titles": self.train.item_titles,
+            "item_genres": None
+            if self.train.item_genres is None
+            else {k: list(v) for k, v in self.train.item_genres.items()},
+        }
+        with atomic_directory(directory) as tmp:
+            atomic_save_tensors(tmp / "model.safetensors", self.module.state_dict())
+            ratings = {
+                "user": torch.from_numpy(self.train.user),
+                "item": torch.from_numpy(self.train.item),
+                "rating": torch.from_numpy(self.train.rating),
+            }
+            if self.train.timestamp is not None:
+                ratings["timestamp"] = torch.from_numpy(self.train.timestamp)
+            atomic_save_tensors(tmp / "train_ratings.safetensors", ratings)
+            atomic_write_text(tmp / "vocab.json", json.dumps(vocab))
+            atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> Recommender:
+        """Load an artifact written by :meth:`save`; refuses unknown formats and versions."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ArtifactError(f"{directory}: no such model directory")
+        manifest = read_json(directory / "manifest.json")
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise ArtifactError(f"{directory / 'manifest.json'}: not a cmcrec model manifest")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{directory / 'manifest.json'}: artifact format version {version!r} is not supported by "
+                f"cmcrec {__version__} (supports {FORMAT_VERSION}); retrain or use a matching cmcrec version"
+            )
+        spec = get_model(manifest["model"])
+        config = spec.config_cls.from_dict(manifest["config"], source=f"{directory / 'manifest.json'} config")
+        vocab = read_json(directory / "vocab.json")
+        arrays = load_tensors(directory / "train_ratings.safetensors")
+        genres = vocab.get("item_genres")
+        train = Ratings(
+            user=arrays["user"].numpy(),
+            item=arrays["item"].numpy(),
+            rating=arrays["rating"].numpy(),
+            users=Vocabulary(vocab["users"], "user"),
+            items=Vocabulary(vocab["items"], "item"),
+            scale=RatingScale.from_dict(manifest["scale"]),
+            timestamp=arrays["timestamp"].numpy() if "timestamp" in arrays else None,
+            item_titles=vocab.get("item_titles"),
+            item_genres=None if genres is None else {k: tuple(v) for k, v in genres.items()},
+            name=manifest.get("dataset", "ratings"),
+        )
+        data = DataSpec(**manifest["data"])
+        module = spec.build(config, data)
+        try:
+            module.load_state_dict(load_tensors(directory / "model.safetensors"))
+        except RuntimeError as e:
+            raise ArtifactError(f"{directory / 'model.safetensors'}: weights do not match the manifest ({e})") from None
+        return cls(
+            manifest["model"], config, module, train, training=manifest.get("training"), device=device, data=data
+        )

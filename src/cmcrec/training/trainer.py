@@ -1,0 +1,331 @@
+"""One trainer for every model.
+
+The trainer owns the optimiser, the learning-rate schedule, the epoch loop,
+validation-based selection of the best epoch, checkpoints and resume; a model
+contributes only ``forward`` and ``loss``. It is dropped after training (the
+:class:`~cmcrec.recommender.Recommender` keeps the module).
+
+Selection uses a validation split carved from the training ratings, never the
+test split. Under ``torchrun`` the same loop runs in every process: each rank
+takes its own share of every epoch's shuffled rows, gradients are averaged by
+DistributedDataParallel, validation sums are all-reduced, and rank 0 alone
+writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from cmcrec.artifacts import atomic_directory, load_state, save_state
+from cmcrec.config import RunContext, TrainConfig
+from cmcrec.data.ratings import Ratings
+from cmcrec.errors import ArtifactError, ConfigError
+from cmcrec.models.base import RatingModel
+from cmcrec.training import distributed as dist_utils
+from cmcrec.training.batching import TargetRows, identity_collate
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else is checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device: unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+) -> list[np.ndarray]:
+    """This rank's shuffled batches of row indices for one epoch.
+
+    Every rank draws the same permutation (seeded by ``(seed, epoch)``), pads it
+    to a multiple of ``world_size`` by wrapping around (as
+    ``DistributedSampler`` does) and takes every ``world_size``-th row, so the
+    ranks' shares are disjoint up to the padding and equally long.
+    """
+    g = np.random.default_rng([seed, epoch, 7919])
+    perm = g.permutation(n)
+    if world_size > 1:
+        total = math.ceil(n / world_size) * world_size
+        perm = np.concatenate([perm, perm[: total - n]])[rank::world_size]
+    return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
+
+
+def ordered_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[np.ndarray]:
+    """Unshuffled batches for evaluation; each rank a disjoint contiguous share, no padding."""
+    bounds = np.linspace(0, n, world_size + 1).astype(np.int64)
+    rows = np.arange(bounds[rank], bounds[rank + 1])
+    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
+def _loader(dataset: TargetRows, batches: list[np.ndarray], num_workers: int, pin: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        sampler=batches,
+        batch_size=None,
+        collate_fn=identity_collate,
+        num_workers=num_workers,
+        pin_memory=pin,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+@torch.no_grad()
+def predict_rows(
+    model: RatingModel,
+    batcher: Callable,
+    users: np.ndarray,
+    items: np.ndarray,
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Predictions ``(n,)`` for target pairs, in eval mode, in order."""
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    out = np.empty(len(users), dtype=np.float32)
+    if len(users) == 0:
+        return out
+    ds = TargetRows(users, items, None, batcher)
+    batches = ordered_batches(len(users), batch_size)
+    pos = 0
+    for batch in _loader(ds, batches, num_workers, device.type == "cuda"):
+        pred = model(batch.to(device, non_blocking=True)).prediction.float().cpu().numpy()
+        out[pos : pos + len(pred)] = pred
+        pos += len(pred)
+    model.train(was_training)
+    return out
+
+
+@dataclass
+class EpochRecord:
+    """One epoch of training history (written to the artifact for training curves)."""
+
+    epoch: int
+    train_loss: float
+    valid_rmse: float
+    valid_loss: float
+    lr: float
+    seconds: float
+    subgraphs_per_s: float
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord]
+    best_epoch: int
+    best_valid_rmse: float
+    stopped_early: bool
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "best_epoch": self.best_epoch,
+            "best_valid_rmse": self.best_valid_rmse,
+            "stopped_early": self.stopped_early,
+            "seconds": self.seconds,
+            "history": [asdict(h) for h in self.history],
+        }
+
+
+class Trainer:
+    """Fits one model module.
+
+    Args:
+        model: the module to train (moved to the run's device).
+        config: optimisation settings (:class:`TrainConfig` or a subclass).
+        context: device, workers, seed, rank.
+        checkpoint_dir: where to write the per-epoch checkpoint (rank 0 only);
+            ``None`` keeps everything in memory.
+    """
+
+    def __init__(
+        self,
+        model: RatingModel,
+        config: TrainConfig,
+        context: RunContext | None = None,
+        checkpoint_dir: str | Path | None = None,
+    ) -> None:
+        self.context = context or RunContext()
+        self.config = config
+        self.device = resolve_device(self.context.device)
+        self.model = model.to(self.device)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.engine = dist_utils.wrap_model(self.model, self.device, self.context)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=config.lr_decay_step, gamma=config.lr_decay_factor
+        )
+        self.history: list[EpochRecord] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch = -1
+        self.best_valid_rmse = math.inf
+        self.start_epoch = 0
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    def _checkpoint_state(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best_state": self.best_state,
+            "best_epoch": self.best_epoch,
+            "best_valid_rmse": self.best_valid_rmse,
+            "history": [asdict(h) for h in self.history],
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save_checkpoint(self, epoch: int) -> None:
+        if self.checkpoint_dir is None or not self.context.is_main:
+            return
+        with atomic_directory(self.checkpoint_dir) as tmp:
+            save_state(tmp, "state", self._checkpoint_state(epoch))
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        """Restore model, optimiser, schedule, history and RNG to continue after a saved epoch."""
+        state = load_state(directory, "state")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise ArtifactError(f"{directory}: checkpoint does not match this model ({e})") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.best_state = state["best_state"]
+        self.best_epoch = state["best_epoch"]
+        self.best_valid_rmse = state["best_valid_rmse"]
+        self.history = [EpochRecord(**h) for h in state["history"]]
+        torch.set_rng_state(state["torch_rng"])
+        self.start_epoch = state["epoch"] + 1
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def _progress(self) -> bool:
+        if not self.context.is_main:
+            return False
+        if self.context.progress is None:
+            return sys.stderr.isatty()
+        return self.context.progress
+
+    def evaluate(self, valid: Ratings, batcher: Callable) -> tuple[float, float]:
+        """Validation ``(rmse, mse)`` over all ranks' shares, summed then divided (never a mean of means)."""
+        ctx = self.context
+        batches = ordered_batches(len(valid), self.config.batch_size * 2, ctx.rank, ctx.world_size)
+        rows = np.concatenate(batches) if batches else np.zeros(0, np.int64)
+        pred = predict_rows(
+            self.model,
+            batcher,
+            valid.user[rows],
+            valid.item[rows],
+            batch_size=self.config.batch_size * 2,
+            device=self.device,
+            num_workers=ctx.num_workers,
+        )
+        sq = float(((pred.astype(np.float64) - valid.rating[rows]) ** 2).sum())
+        sq, count = dist_utils.all_reduce_sums([sq, float(len(rows))], self.device, ctx)
+        mse = sq / max(count, 1.0)
+        return math.sqrt(mse), mse
+
+    def fit(
+        self,
+        train: Ratings,
+        valid: Ratings,
+        train_batcher: Callable,
+        valid_batcher: Callable,
+        log: Callable[[EpochRecord], None] | None = None,
+    ) -> TrainResult:
+        """Train, selecting the epoch with the lowest validation RMSE; the model ends with its weights."""
+        ctx, cfg = self.context, self.config
+        if self.start_epoch == 0:
+            torch.manual_seed(ctx.seed * 1000 + ctx.rank)
+        ds = TargetRows(train.user, train.item, train.rating, train_batcher)
+        t_start = time.perf_counter()
+        stopped_early = False
+        amp = ctx.bf16 and self.device.type == "cuda"
+        for epoch in range(self.start_epoch, cfg.epochs):
+            if hasattr(train_batcher, "set_epoch"):
+                train_batcher.set_epoch(epoch)
+            batches = epoch_batches(len(train), cfg.batch_size, ctx.seed, epoch, ctx.rank, ctx.world_size)
+            self.model.train()
+            t0 = time.perf_counter()
+            total, seen = 0.0, 0
+            parts_sum: dict[str, float] = {}
+            bar = tqdm(
+                _loader(ds, batches, ctx.num_workers, self.device.type == "cuda"),
+                total=len(batches),
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not self._progress(),
+                leave=False,
+                dynamic_ncols=True,
+            )
+            for batch in bar:
+                batch = batch.to(self.device, non_blocking=True)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                    output = self.engine(batch)
+                    loss, parts = self.model.loss(batch, output)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                b = batch.num_targets
+                total += float(loss.detach()) * b
+                seen += b
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v * b
+                bar.set_postfix(loss=f"{total / seen:.4f}")
+            train_seconds = time.perf_counter() - t0
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step()
+            total, seen = dist_utils.all_reduce_sums([total, float(seen)], self.device, ctx)
+            valid_rmse, valid_mse = self.evaluate(valid, valid_batcher)
+            record = EpochRecord(
+                epoch=epoch + 1,
+                train_loss=total / max(seen, 1),
+                valid_rmse=valid_rmse,
+                valid_loss=valid_mse,
+                lr=lr,
+                seconds=time.perf_counter() - t0,
+                subgraphs_per_s=seen / max(train_seconds, 1e-9),
+                parts={k: v / max(seen, 1) for k, v in parts_sum.items()},
+            )
+            self.history.append(record)
+            if valid_rmse < self.best_valid_rmse:
+                self.best_valid_rmse = valid_rmse
+                self.best_epoch = epoch + 1
+                self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            if log is not None and ctx.is_main:
+                log(record)
+            self.save_checkpoint(epoch)
+            if cfg.patience is not None and epoch + 1 - self.best_epoch >= cfg.patience:
+                stopped_early = True
+                break
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return TrainResult(
+            history=self.history,
+            best_epoch=self.best_epoch,
+            best_valid_rmse=self.best_valid_rmse,
+            stopped_early=stopped_early,
+            seconds=time.perf_counter() - t_start,
+        )
