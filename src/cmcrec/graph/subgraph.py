@@ -1,0 +1,352 @@
+"""Enclosing-subgraph extraction (IGMC, Zhang & Chen, ICLR 2020), vectorised.
+
+For a target pair ``(u, i)`` the ``h``-hop enclosing subgraph is grown by an
+alternating breadth-first search from ``u`` and ``i`` over the training graph:
+
+- hop 1: users who rated ``i`` (except ``u``) and items rated by ``u``
+  (except ``i``);
+- hop ``k > 1``: users who rated a hop-``(k-1)`` item and items rated by a
+  hop-``(k-1)`` user, never a node already *seen* at an earlier hop.
+
+As in IGMC, a node counts as seen as soon as it is a candidate, even when the
+cap on the hop then drops it; so every node of a capped subgraph sits in the
+uncapped subgraph with the same label. Each hop's new users and new items are
+capped at ``max_nodes_per_hop``: a uniform random subset when a
+``numpy.random.Generator`` is given (training), otherwise the candidates with
+the smallest :func:`node_hash` of ``(target user, target item, candidate)``
+(evaluation), so a pair's subgraph never depends on the rest of its batch.
+
+The edges are every training rating between a selected user and a selected
+item, in both directions, except the target rating ``(u, i)`` itself.
+
+Everything is NumPy over the :class:`~cmcrec.graph.csr.RatingGraph` arrays:
+the batch is processed at once, with a Python loop over hops only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cmcrec.errors import CmcrecError
+from cmcrec.graph.batch import SubgraphBatch
+from cmcrec.graph.csr import RatingGraph
+
+__all__ = ["extract_subgraphs", "extract_subgraphs_with_nodes", "node_hash"]
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+# Edge membership uses a dense (B * num_items) lookup table up to this many
+# entries (32 MiB of int32), and sorted-key binary search beyond it.
+_DENSE_LOOKUP_MAX = 1 << 23
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    # SplitMix64 (Steele, Lea & Flood 2014): uint64 arithmetic wraps mod 2**64.
+    x = x + _GOLDEN
+    x = (x ^ (x >> _S30)) * _MIX1
+    x = (x ^ (x >> _S27)) * _MIX2
+    return x ^ (x >> _S31)
+
+
+def node_hash(target_user: np.ndarray, target_item: np.ndarray, node: np.ndarray) -> np.ndarray:
+    """The deterministic sampling priority of ``node`` in the subgraph of a pair.
+
+    ``splitmix64(splitmix64(splitmix64(u) ^ i) ^ node)`` in wrapping uint64
+    arithmetic; when a hop has more candidates than the cap, the ones with the
+    smallest hash (ties: smallest index) are kept.
+
+    Args:
+        target_user: int ``(n,)`` target user of each candidate.
+        target_item: int ``(n,)`` target item of each candidate.
+        node: int ``(n,)`` candidate user or item index.
+
+    Returns:
+        uint64 ``(n,)``.
+    """
+    h = _splitmix64(np.asarray(target_user, dtype=np.int64).astype(np.uint64))
+    h = _splitmix64(h ^ np.asarray(target_item, dtype=np.int64).astype(np.uint64))
+    return _splitmix64(h ^ np.asarray(node, dtype=np.int64).astype(np.uint64))
+
+
+def _gather(indptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of all neighbour-list entries of ``nodes``, list after list.
+
+    Returns:
+        ``(pos, lens)``: int64 ``(sum(lens),)`` positions into the CSR arrays
+        and int64 ``(len(nodes),)`` list lengths.
+    """
+    starts = indptr[nodes]
+    lens = indptr[nodes + 1] - starts
+    ends = np.cumsum(lens)
+    pos = np.repeat(starts - ends + lens, lens)
+    pos += np.arange(pos.shape[0], dtype=np.int64)
+    return pos, lens
+
+
+def _in_sorted(keys: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Boolean mask of ``keys`` found in the ascending array ``ref``."""
+    if ref.shape[0] == 0:
+        return np.zeros(keys.shape[0], dtype=bool)
+    at = np.searchsorted(ref, keys)
+    at[at == ref.shape[0]] = 0
+    return ref[at] == keys
+
+
+def _cap(
+    keys: np.ndarray,
+    n: int,
+    k: int | None,
+    num_graphs: int,
+    users: np.ndarray,
+    items: np.ndarray,
+    rng: np.random.Generator | None,
+) -> np.ndarray:
+    """Keep at most ``k`` of the ascending ``graph * n + node`` keys per graph."""
+    if k is None or keys.shape[0] <= k:
+        return keys
+    g = keys // n
+    counts = np.bincount(g, minlength=num_graphs)
+    over = counts[g] > k
+    if not over.any():
+        return keys
+    sub = np.flatnonzero(over)
+    g_sub = g[sub]
+    node_sub = keys[sub] - g_sub * n
+    if rng is None:
+        priority = node_hash(users[g_sub], items[g_sub], node_sub)
+    else:
+        priority = rng.random(sub.shape[0])
+    order = np.lexsort((node_sub, priority, g_sub))
+    # g_sub is ascending, so after sorting by (graph, priority) the graph of
+    # rank r is still g_sub[r]; a graph's first rank is its first index.
+    rank = np.arange(sub.shape[0]) - np.searchsorted(g_sub, g_sub)
+    keep = ~over
+    keep[sub[order[rank < k]]] = True
+    return keys[keep]
+
+
+def _validate(graph, users, items, max_nodes_per_hop, hops, y):
+    if not isinstance(graph, RatingGraph):
+        raise CmcrecError(f"graph must be a RatingGraph, got {type(graph).__name__}")
+    users = np.asarray(users)
+    items = np.asarray(items)
+    for name, a in (("users", users), ("items", items)):
+        if a.ndim != 1:
+            raise CmcrecError(f"{name} must be one-dimensional, got shape {a.shape}")
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            raise CmcrecError(f"{name} must hold integer indices, got dtype {a.dtype}")
+    if users.shape[0] != items.shape[0]:
+        raise CmcrecError(f"users and items differ in length ({users.shape[0]} != {items.shape[0]})")
+    users = users.astype(np.int64, copy=False)
+    items = items.astype(np.int64, copy=False)
+    for name, a, n in (("user", users, graph.num_users), ("item", items, graph.num_items)):
+        if a.size and (a.min() < 0 or a.max() >= n):
+            bad = a[(a < 0) | (a >= n)][0]
+            raise CmcrecError(f"target {name} index {int(bad)} out of range [0, {n})")
+    if max_nodes_per_hop is not None and (
+        isinstance(max_nodes_per_hop, bool) or int(max_nodes_per_hop) != max_nodes_per_hop or max_nodes_per_hop < 1
+    ):
+        raise CmcrecError(f"max_nodes_per_hop must be a positive integer or None, got {max_nodes_per_hop!r}")
+    if isinstance(hops, bool) or int(hops) != hops or hops < 1:
+        raise CmcrecError(f"hops must be a positive integer, got {hops!r}")
+    if y is None:
+        y = np.full(users.shape[0], np.nan, dtype=np.float32)
+    else:
+        y = np.asarray(y, dtype=np.float32)
+        if y.shape != users.shape:
+            raise CmcrecError(f"y has shape {y.shape}, expected {users.shape}")
+    k = None if max_nodes_per_hop is None else int(max_nodes_per_hop)
+    return users, items, k, int(hops), y
+
+
+def extract_subgraphs_with_nodes(
+    graph: RatingGraph,
+    users: np.ndarray,
+    items: np.ndarray,
+    *,
+    max_nodes_per_hop: int | None,
+    hops: int = 1,
+    rng: np.random.Generator | None = None,
+    y: np.ndarray | None = None,
+) -> tuple[SubgraphBatch, np.ndarray]:
+    """:func:`extract_subgraphs`, plus the graph index of every node.
+
+    Returns:
+        ``(batch, node_index)`` where ``node_index`` is int64 ``(N,)``: the
+        user index of nodes with an even label, the item index of nodes with
+        an odd label.
+    """
+    users, items, k, hops, y = _validate(graph, users, items, max_nodes_per_hop, hops, y)
+    B = users.shape[0]
+    # Keys graph * n + node need n >= 1; an empty side only occurs with B == 0.
+    nu, ni = max(graph.num_users, 1), max(graph.num_items, 1)
+    gids = np.arange(B, dtype=np.int64)
+
+    # Node groups in layout order: target users, target items, then per hop
+    # (users, items); each group an ascending array of graph * n + node keys.
+    user_groups = [gids * nu + users]
+    item_groups = [gids * ni + items]
+    seen_users, seen_items = user_groups[0], item_groups[0]
+    for hop in range(1, hops + 1):
+        fu, fi = user_groups[-1], item_groups[-1]
+        fu_g, fi_g = fu // nu, fi // ni
+        pos, lens = _gather(graph.user_indptr, fu - fu_g * nu)
+        cand_items = np.repeat(fu_g * ni, lens) + graph.user_items[pos]
+        pos, lens = _gather(graph.item_indptr, fi - fi_g * ni)
+        cand_users = np.repeat(fi_g * nu, lens) + graph.item_users[pos]
+        if hop > 1:  # hop 1 lists come from one node per graph: already unique and ascending
+            cand_items = np.unique(cand_items)
+            cand_users = np.unique(cand_users)
+        cand_items = cand_items[~_in_sorted(cand_items, seen_items)]
+        cand_users = cand_users[~_in_sorted(cand_users, seen_users)]
+        if hop < hops:
+            seen_items = np.union1d(seen_items, cand_items)
+            seen_users = np.union1d(seen_users, cand_users)
+        user_groups.append(_cap(cand_users, nu, k, B, users, items, rng))
+        item_groups.append(_cap(cand_items, ni, k, B, users, items, rng))
+
+    # Layout: graph g owns a contiguous run; inside it group after group
+    # (label order), each group ascending by node index.
+    groups = []  # (label, graph, node) per group
+    for h in range(hops + 1):
+        ug = user_groups[h] // nu
+        groups.append((2 * h, ug, user_groups[h] - ug * nu))
+        ig = item_groups[h] // ni
+        groups.append((2 * h + 1, ig, item_groups[h] - ig * ni))
+    num_labels = len(groups)
+    counts = np.stack([np.bincount(g, minlength=B) for _, g, _ in groups], axis=1)  # (B, L)
+    per_graph = counts.sum(axis=1)
+    N = int(per_graph.sum())
+    graph_start = np.cumsum(per_graph) - per_graph  # (B,)
+    group_start = np.cumsum(counts, axis=1) - counts  # (B, L) offset of a group inside its graph
+    run_start = np.cumsum(counts, axis=0) - counts  # (B, L) offset of a graph inside a group array
+
+    node_label = np.repeat(np.tile(np.arange(num_labels, dtype=np.int64), B), counts.ravel())
+    node_graph = np.repeat(gids, per_graph)
+    node_index = np.empty(N, dtype=np.int64)
+    node_id = []  # global node id of each group entry
+    for label, g, node in groups:
+        base = graph_start + group_start[:, label] - run_start[:, label]
+        nid = base[g] + np.arange(g.shape[0], dtype=np.int64)
+        node_index[nid] = node
+        node_id.append(nid)
+    user_pos = graph_start.copy()
+    item_pos = graph_start + 1
+
+    # Users in node-id order, so gathered edges come out grouped by source.
+    u_graph = np.concatenate([groups[2 * h][1] for h in range(hops + 1)])
+    u_node = np.concatenate([groups[2 * h][2] for h in range(hops + 1)])
+    u_id = np.concatenate([node_id[2 * h] for h in range(hops + 1)])
+    order = np.argsort(u_id, kind="stable")
+    u_graph, u_node, u_id = u_graph[order], u_node[order], u_id[order]
+
+    # All ratings of the selected users; keep those whose item is selected in
+    # the same graph. Membership and local id in one look-up of graph * ni + item.
+    i_key = np.concatenate([item_groups[h] for h in range(hops + 1)])
+    i_id = np.concatenate([node_id[2 * h + 1] for h in range(hops + 1)])
+    pos, lens = _gather(graph.user_indptr, u_node)
+    query = np.repeat(u_graph * ni, lens)
+    query += graph.user_items[pos]
+    if B * ni <= _DENSE_LOOKUP_MAX:
+        lookup = np.full(B * ni, -1, dtype=np.int64)
+        lookup[i_key] = i_id
+        dst = lookup[query]
+    else:
+        order = np.argsort(i_key)
+        i_key, i_id = i_key[order], i_id[order]
+        at = np.searchsorted(i_key, query)
+        at[at == i_key.shape[0]] = 0
+        dst = np.where(i_key[at] == query, i_id[at], -1)
+    # Drop the target rating: it sits in the target user's list (first node of its graph).
+    target = graph.edge_position(users, items)
+    has = target >= 0
+    seg_start = np.cumsum(lens) - lens
+    # Target users are the first user of each graph: segment index = user node run start.
+    first_user_seg = np.searchsorted(u_id, user_pos)
+    drop = seg_start[first_user_seg[has]] + (target[has] - graph.user_indptr[users[has]])
+    dst[drop] = -1
+    kept = np.flatnonzero(dst >= 0)
+    # Source of each kept rating: its list's user, repeated per kept entry.
+    bounds = np.append(seg_start, pos.shape[0])
+    src = np.repeat(u_id, np.diff(np.searchsorted(kept, bounds)))
+    # Canonical order: by (source user, destination item). Sources already
+    # ascend, and items ascend by index within a source, but a source's items
+    # are ordered by label first (the target item leads): a stable sort of
+    # this nearly sorted key is cheap and leaves ``src`` as it is.
+    dst = dst[kept]
+    order = np.argsort(src * N + dst, kind="stable")
+    dst = dst[order]
+    pos = pos[kept[order]]
+    E = src.shape[0]
+    edge_index = np.empty((2, 2 * E), dtype=np.int64)
+    edge_index[0, :E] = src
+    edge_index[1, :E] = dst
+    edge_index[0, E:] = dst
+    edge_index[1, E:] = src
+    edge_type = np.empty(2 * E, dtype=np.int64)
+    np.take(graph.user_types, pos, out=edge_type[:E])
+    edge_type[E:] = edge_type[:E]
+    edge_value = np.empty(2 * E, dtype=np.float32)
+    np.take(graph.user_values, pos, out=edge_value[:E])
+    edge_value[E:] = edge_value[:E]
+
+    batch = SubgraphBatch(
+        node_label=torch.from_numpy(node_label),
+        edge_index=torch.from_numpy(edge_index),
+        edge_type=torch.from_numpy(edge_type),
+        edge_value=torch.from_numpy(edge_value),
+        node_graph=torch.from_numpy(node_graph),
+        user_pos=torch.from_numpy(user_pos),
+        item_pos=torch.from_numpy(item_pos),
+        y=torch.from_numpy(y.copy()),
+        num_labels=num_labels,
+    )
+    return batch, node_index
+
+
+def extract_subgraphs(
+    graph: RatingGraph,
+    users: np.ndarray,
+    items: np.ndarray,
+    *,
+    max_nodes_per_hop: int | None,
+    hops: int = 1,
+    rng: np.random.Generator | None = None,
+    y: np.ndarray | None = None,
+) -> SubgraphBatch:
+    """The enclosing subgraphs of target pairs, stacked into one batch.
+
+    Node order inside graph ``b``: target user, target item, hop-1 users,
+    hop-1 items, hop-2 users, ... each group ascending by user/item index.
+    Edge order: the first half of the edges are the ratings, user → item,
+    ascending by (source node id, destination node id) over the whole batch
+    (so grouped by graph); the second half are the same ratings reversed,
+    item → user, in the same order (edge ``e + E/2`` is edge ``e`` reversed).
+
+    Args:
+        graph: the training graph.
+        users: int ``(B,)`` target user indices. Users without ratings are fine.
+        items: int ``(B,)`` target item indices. Items without ratings are fine.
+        max_nodes_per_hop: cap on each hop's new users and on its new items;
+            ``None`` keeps all.
+        hops: neighbourhood radius ``h >= 1``; ``num_labels = 2 * (h + 1)``.
+        rng: sampling generator (training); ``None`` gives the deterministic,
+            batch-independent hash choice (evaluation).
+        y: float ``(B,)`` target ratings on the dataset scale; NaN if omitted.
+
+    Returns:
+        A :class:`SubgraphBatch` with ``B`` graphs. The target rating, whether
+        or not it is in ``graph``, is never an edge.
+
+    Raises:
+        CmcrecError: (a ``ValueError``) for mismatched lengths, out-of-range
+            indices or invalid ``max_nodes_per_hop``/``hops``.
+    """
+    batch, _ = extract_subgraphs_with_nodes(
+        graph, users, items, max_nodes_per_hop=max_nodes_per_hop, hops=hops, rng=rng, y=y
+    )
+    return batch
