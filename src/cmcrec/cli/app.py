@@ -126,8 +126,6 @@ def _load_split(dataset: str, split: str | None, data_dir: Path | None, seed: in
 def _subsample(train, n: int | None, seed: int):
     if n is None or n >= len(train):
         return train
-    if n < 2:
-        raise ConfigError(f"--max-train-ratings must be >= 2, got {n}")
     rows = np.sort(np.random.default_rng([seed, 202]).choice(len(train), size=n, replace=False))
     return train.subset(rows)
 
@@ -174,13 +172,18 @@ def fit_model(
     """Load data, train, return (recommender, split)."""
     from cmcrec.models.registry import get_model
     from cmcrec.recommender import Recommender
+    from cmcrec.training.trainer import resolve_device
 
+    # Every flag is checked before any data is read or any training starts.
     spec = get_model(model)
     context = _context(seed, device, num_workers)
-    data = _load_split(dataset, split, data_dir, seed)
-    train = _subsample(data.train, max_train_ratings, seed)
+    resolve_device(context.device)
+    if max_train_ratings is not None and max_train_ratings < 2:
+        raise ConfigError(f"--max-train-ratings must be >= 2, got {max_train_ratings}")
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     config = spec.make_config(_config_overrides(config_file, epochs, preset, fields), source="--config")
+    data = _load_split(dataset, split, data_dir, seed)
+    train = _subsample(data.train, max_train_ratings, seed)
     checkpoint_dir = None if out is None else out.with_name(out.name + ".checkpoint")
 
     def log(r):
@@ -201,34 +204,6 @@ def fit_model(
         if not quiet:
             _say(f"saved {out}")
     return rec, data, context
-
-
-def evaluate_recommender(rec, data, ks: tuple[int, ...], candidates: int | None, sampled: bool = True) -> dict:
-    """Rating and ranking metrics of a recommender on a split's test ratings."""
-    from cmcrec.data.splits import temporal_split
-    from cmcrec.evaluation.protocols import evaluate_full_ranking, evaluate_ratings, evaluate_sampled
-
-    test = data.test
-    pred = rec.predict_indices(test.user, test.item)
-    result: dict[str, Any] = dict(evaluate_ratings(pred, test))
-
-    class _Ranker:
-        def rank(self, users, k):
-            return rec.rank(users, k, candidates)
-
-    result |= evaluate_full_ranking(_Ranker(), data.train, test, ks=ks)
-    result["candidates"] = candidates if candidates is not None else "all"
-    if sampled and test.timestamp is not None:
-        # The paper's protocol: each test user's last test rating against 99 sampled unrated items.
-        last = temporal_split(test).test
-
-        class _Scorer:
-            def score(self, users, items):
-                flat = rec.predict_indices(np.repeat(users, items.shape[1]), items.ravel())
-                return flat.reshape(items.shape)
-
-        result |= evaluate_sampled(_Scorer(), data.train, last, num_negatives=99, rng=np.random.default_rng(0))
-    return result
 
 
 @app.command()
@@ -262,6 +237,9 @@ def train(
     """Train a model, save it with --out, and report test metrics."""
     if resume and out is None:
         raise ConfigError("--resume needs --out (the checkpoint lives beside it)")
+    ks = _parse_ks(k)
+    from cmcrec.evaluation.pipeline import evaluate_recommender
+
     rec, data, context = fit_model(
         model,
         dataset,
@@ -292,7 +270,7 @@ def train(
         "out": str(out) if out is not None else None,
     }
     if evaluate:
-        result |= evaluate_recommender(rec, data, _parse_ks(k), candidates or None)
+        result |= evaluate_recommender(rec, data, ks, candidates or None)
     shutdown()
     _emit(result, as_json, _format_metrics(result))
 
@@ -324,6 +302,7 @@ def evaluate(
     as_json: JsonFlag = False,
 ) -> None:
     """Test-split metrics: RMSE, MAE, full-catalogue ranking, coverage, popularity, sampled ranking."""
+    from cmcrec.evaluation.pipeline import evaluate_recommender
     from cmcrec.recommender import Recommender
 
     ks = _parse_ks(k)

@@ -142,8 +142,7 @@ def _locate_field_count_error(path: Path, data: bytes, encoding: str, delimiter:
             expected, expected_line = n, number
         elif n != expected:
             return DataError(
-                f"has {n} field(s) separated by {_delimiter_name(delimiter)}, but line {expected_line} "
-                f"has {expected}",
+                f"has {n} field(s) separated by {_delimiter_name(delimiter)}, but line {expected_line} has {expected}",
                 path=path,
                 line=number,
             )
@@ -174,9 +173,7 @@ def _resolve_columns(
     if columns is not None:
         unknown = set(columns) - set(COLUMN_KEYS)
         if unknown:
-            raise ConfigError(
-                f"unknown column key(s) {sorted(unknown)}; the mapping takes {', '.join(COLUMN_KEYS)}"
-            )
+            raise ConfigError(f"unknown column key(s) {sorted(unknown)}; the mapping takes {', '.join(COLUMN_KEYS)}")
         missing = [k for k in ("user", "item", "rating") if k not in columns]
         if missing:
             raise ConfigError(f"column mapping is missing {missing}; it needs user, item and rating")
@@ -227,6 +224,19 @@ def _resolve_columns(
     return positions
 
 
+def _looks_like_header(first_line: str, delimiter: str, columns: Mapping[str, str | int] | None) -> bool:
+    """A first line whose rating field is not a number names the columns (``user,item,rating``)."""
+    fields = _split_line(first_line, delimiter)
+    pos = 2 if columns is None else columns.get("rating", 2)
+    if not isinstance(pos, int) or pos >= len(fields):
+        return False
+    try:
+        float(fields[pos])
+    except ValueError:
+        return True
+    return False
+
+
 def _parse_text(
     path: Path,
     columns: Mapping[str, str | int] | None,
@@ -250,7 +260,9 @@ def _parse_text(
                 line=first_number,
             )
     if header is None:
-        header = columns is not None and any(isinstance(v, str) for v in columns.values())
+        header = (columns is not None and any(isinstance(v, str) for v in columns.values())) or _looks_like_header(
+            first_line, delimiter, columns
+        )
 
     sep = delimiter
     quoting = csv.QUOTE_MINIMAL if delimiter in (",", ";") else csv.QUOTE_NONE
@@ -313,8 +325,7 @@ def _parse_text(
     needed = max(positions.values()) + 1
     if needed > num_fields:
         raise DataError(
-            f"has {num_fields} fields but the column mapping needs {needed} "
-            f"(delimiter {_delimiter_name(delimiter)})",
+            f"has {num_fields} fields but the column mapping needs {needed} (delimiter {_delimiter_name(delimiter)})",
             path=path,
             line=int(lines[0]),
         )
@@ -362,9 +373,7 @@ def _parse_ratings(col: pd.Series, path: Path, lines: np.ndarray | None, field: 
         bad = ~np.isfinite(values)
         if bad.any():
             row = int(np.argmax(bad))
-            message = (
-                "rating is NaN (missing)" if np.isnan(values[row]) else f"rating {values[row]} is not finite"
-            )
+            message = "rating is NaN (missing)" if np.isnan(values[row]) else f"rating {values[row]} is not finite"
             raise _located(path, lines, row, message, field)
         return values
     text = col.astype(str).str.strip()
@@ -383,9 +392,7 @@ def _parse_ratings(col: pd.Series, path: Path, lines: np.ndarray | None, field: 
     return values
 
 
-def _parse_timestamps(
-    col: pd.Series, path: Path, lines: np.ndarray | None, field: str = "timestamp"
-) -> np.ndarray:
+def _parse_timestamps(col: pd.Series, path: Path, lines: np.ndarray | None, field: str = "timestamp") -> np.ndarray:
     """Timestamps as int64 Unix seconds; datetimes are converted, fractions are an error."""
     if pd.api.types.is_datetime64_any_dtype(col):
         if col.isna().any():
@@ -647,9 +654,7 @@ def read_table(
         raw = _parse_parquet(path, columns)
     else:
         raw = _parse_text(path, columns, delimiter, header, encoding)
-    return _to_ratings(
-        raw, scale=scale, duplicates=duplicates, name=name or path.name, num_buckets=num_buckets
-    )
+    return _to_ratings(raw, scale=scale, duplicates=duplicates, name=name or path.name, num_buckets=num_buckets)
 
 
 def _ml100k_table(path: Path) -> _RawTable:
@@ -734,9 +739,7 @@ def read_movielens_100k_split(directory: PathArg, split: str = "u1", *, name: st
     return Split(train=parts[0], test=parts[1], name=f"{name}/{split}")
 
 
-def read_monti_mat(
-    path: PathArg, *, scale: RatingScale, name: str | None = None, split_name: str = "monti"
-) -> Split:
+def read_monti_mat(path: PathArg, *, scale: RatingScale, name: str | None = None, split_name: str = "monti") -> Split:
     """A Douban / Flixster / YahooMusic matrix of Monti et al. (2017) as a train/test split.
 
     The file is MATLAB v7.3 (HDF5) with the rating matrix ``M`` and the 0/1 masks
@@ -765,9 +768,7 @@ def read_monti_mat(
         arrays = {}
         for key in ("M", "Otraining", "Otest"):
             if key not in f or not isinstance(f[key], h5py.Dataset):
-                raise DataError(
-                    f"has no {key!r} matrix (keys: {', '.join(sorted(f.keys()))})", path=path, field=key
-                )
+                raise DataError(f"has no {key!r} matrix (keys: {', '.join(sorted(f.keys()))})", path=path, field=key)
             arrays[key] = np.asarray(f[key], dtype=np.float64).T
     shape = arrays["M"].shape
     for key in ("Otraining", "Otest"):
@@ -824,9 +825,7 @@ def read_movietweetings(
     (``"0110912"``). Titles and genres come from ``movies.dat``
     (``id::title (year)::genre|genre``, UTF-8) when given. Either file may be gzip.
     """
-    raw = _parse_text(
-        Path(ratings_path), {"user": 0, "item": 1, "rating": 2, "timestamp": 3}, "::", False, "utf-8"
-    )
+    raw = _parse_text(Path(ratings_path), {"user": 0, "item": 1, "rating": 2, "timestamp": 3}, "::", False, "utf-8")
     ratings = _to_ratings(raw, scale=MOVIETWEETINGS_SCALE, duplicates="error", name=name)
     if movies_path is not None:
         ratings.item_titles, ratings.item_genres = _read_movietweetings_movies(Path(movies_path))

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from cmcrec.errors import CmcrecError, ConfigError, DataError, UnknownIdError
@@ -30,6 +31,7 @@ class Vocabulary:
         self._ids = np.asarray([str(i) for i in ids], dtype=object)
         self.kind = kind
         self._index = {v: i for i, v in enumerate(self._ids)}
+        self._pd_index: pd.Index | None = None
         if len(self._index) != len(self._ids):
             raise DataError(f"duplicate {kind} ids in vocabulary")
 
@@ -43,12 +45,14 @@ class Vocabulary:
         Returns:
             ``(vocabulary, codes)`` where ``codes`` is int64 of ``len(values)``.
         """
-        strings = np.asarray([str(v) for v in values], dtype=object)
-        uniques = np.unique(strings)
+        strings = pd.Series(values).astype(str).to_numpy(dtype=object)
+        codes, uniques = pd.factorize(strings, sort=True)
         if all(u.lstrip("-").isdigit() for u in uniques):
-            uniques = np.asarray(sorted(uniques, key=lambda u: (int(u), u)), dtype=object)
-        vocab = cls(uniques, kind=kind)
-        return vocab, vocab.lookup(strings)
+            order = np.asarray(sorted(range(len(uniques)), key=lambda j: (int(uniques[j]), uniques[j])))
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            uniques, codes = uniques[order], rank[codes]
+        return cls(uniques, kind=kind), np.asarray(codes, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -84,15 +88,19 @@ class Vocabulary:
             keys: ids to look up.
             missing: value for absent ids; ``None`` raises :class:`UnknownIdError`.
         """
-        out = []
-        for k in keys:
-            i = self._index.get(str(k))
-            if i is None:
-                if missing is None:
-                    raise UnknownIdError(f"unknown {self.kind} id {str(k)!r}")
-                i = missing
-            out.append(i)
-        return np.asarray(out, dtype=np.int64)
+        strings = np.asarray([str(k) for k in keys], dtype=object)
+        idx = self._pandas_index().get_indexer(strings).astype(np.int64)
+        absent = idx < 0
+        if absent.any():
+            if missing is None:
+                raise UnknownIdError(f"unknown {self.kind} id {strings[np.argmax(absent)]!r}")
+            idx[absent] = missing
+        return idx
+
+    def _pandas_index(self) -> pd.Index:
+        if self._pd_index is None:
+            self._pd_index = pd.Index(self._ids)
+        return self._pd_index
 
     def to_list(self) -> list[str]:
         return [str(i) for i in self._ids]

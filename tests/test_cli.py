@@ -1,0 +1,154 @@
+"""The CLI contract: --json prints exactly one object, user errors exit 2 with one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from synthetic import low_rank_ratings
+
+from cmcrec.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_json(out: str) -> dict:
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope="module")
+def ratings_csv(tmp_path_factory):
+    r = low_rank_ratings(num_users=30, num_items=20, seed=7)
+    path = tmp_path_factory.mktemp("csv") / "ratings.csv"
+    rows = ["user,item,rating,timestamp"] + [
+        f"{r.users.ids[u]},{r.items.ids[i]},{int(v)},{t}" for u, i, v, t in zip(r.user, r.item, r.rating, r.timestamp)
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_data_info_ml100k(capsys, shared_data):
+    code, out, _ = run(capsys, "data", "info", "ml-100k", "--data-dir", str(shared_data), "--json")
+    assert code == 0
+    info = one_json(out)
+    assert (info["num_users"], info["num_items"], info["num_ratings"]) == (943, 1682, 100000)
+
+
+def test_data_info_embedded_default_offline(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CMCREC_DATA_DIR", str(tmp_path))  # an empty data dir: must fall back to the embedded copy
+    code, out, _ = run(capsys, "data", "info", "movietweetings-100k", "--json")
+    assert code == 0
+    info = one_json(out)
+    assert (info["num_users"], info["num_items"], info["num_ratings"]) == (16554, 10506, 100000)
+
+
+def test_data_list(capsys, tmp_path):
+    code, out, _ = run(capsys, "data", "list", "--data-dir", str(tmp_path), "--json")
+    assert code == 0
+    names = {d["name"]: d["available"] for d in one_json(out)["datasets"]}
+    assert names["movietweetings-100k"] is True
+    assert names["ml-100k"] is False
+
+
+def test_malformed_file_exit_2_names_line(capsys, tmp_path):
+    bad = tmp_path / "some.csv"
+    bad.write_text("user,item,rating\n1,2,3\n1,3,oops\n")
+    code, out, err = run(capsys, "data", "info", str(bad), "--json")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert "some.csv:3" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--model", "nope", "--dataset", "movietweetings-100k"], "unknown model 'nope'"),
+        (["train", "--model", "mf", "--dataset", "no-such-data"], "unknown dataset"),
+        (["train", "--model", "mf", "--epochs", "0"], "--epochs must be >= 1"),
+        (["train", "--model", "mf", "--max-train-ratings", "1"], "--max-train-ratings"),
+        (["train", "--model", "mf", "--preset", "huge"], "unknown preset"),
+        (["train", "--model", "mf", "--resume"], "--resume needs --out"),
+        (["train", "--model", "mf", "--k", "ten"], "--k"),
+        (["train", "--model", "mf", "--device", "tpu9"], "--device"),
+        (["recommend", "--model", "/nonexistent/model", "--user", "1"], "no such model directory"),
+    ],
+)
+def test_bad_flags_exit_2(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_bad_config_file(capsys, tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"factors": -1}')
+    code, _, err = run(capsys, "train", "--model", "mf", "--config", str(cfg))
+    assert code == 2 and "factors must be >= 0" in err
+    cfg.write_text('{"factors": 4,\n "bogus": 1}')
+    code, _, err = run(capsys, "train", "--model", "mf", "--config", str(cfg))
+    assert code == 2 and "bogus" in err
+    cfg.write_text('{"factors": 4,\n oops}')
+    code, _, err = run(capsys, "train", "--model", "mf", "--config", str(cfg))
+    assert code == 2 and "c.json:2" in err
+
+
+def test_train_recommend_evaluate_end_to_end(capsys, tmp_path, ratings_csv):
+    out_dir = tmp_path / "model"
+    code, out, err = run(
+        capsys,
+        "train",
+        "--model",
+        "mf",
+        "--dataset",
+        str(ratings_csv),
+        "--split",
+        "random",
+        "--epochs",
+        "3",
+        "--out",
+        str(out_dir),
+        "--json",
+    )
+    assert code == 0, err
+    result = one_json(out)
+    for key in ("rmse", "mae", "recall@10", "ndcg@10", "coverage@10", "best_epoch"):
+        assert key in result and np.isfinite(result[key])
+    assert (out_dir / "manifest.json").is_file()
+
+    code, out, err = run(capsys, "recommend", "--model", str(out_dir), "--user", "u3", "-k", "4", "--json")
+    assert code == 0, err
+    recs = one_json(out)
+    assert recs["user"] == "u3" and len(recs["items"]) == 4
+
+    code, out, err = run(capsys, "recommend", "--model", str(out_dir), "--ratings", "i1=5,i2=1", "-k", "3", "--json")
+    assert code == 0, err
+    new = one_json(out)
+    assert len(new["items"]) == 3 and not {"i1", "i2"} & {r["item"] for r in new["items"]}
+
+    code, out, err = run(capsys, "recommend", "--model", str(out_dir), "--user", "u3", "-k", "3")
+    assert code == 0 and "rank" in out.splitlines()[0]
+
+    code, out, err = run(
+        capsys, "evaluate", "--model", str(out_dir), "--dataset", str(ratings_csv), "--split", "random", "--json"
+    )
+    assert code == 0, err
+    assert one_json(out)["rmse"] == pytest.approx(result["rmse"], rel=1e-6)
+
+    for argv, message in [
+        (["--user", "nobody"], "unknown user id 'nobody'"),
+        (["--ratings", "i1=9"], "outside the scale"),
+        (["--ratings", "zzz=4"], "unknown item id 'zzz'"),
+        (["--ratings", "i1:4"], "item=rating"),
+        (["--user", "u1", "--ratings", "i1=4"], "exactly one of"),
+        (["--user", "u1", "-k", "0"], "-k must be"),
+    ]:
+        code, out, err = run(capsys, "recommend", "--model", str(out_dir), *argv)
+        assert code == 2 and message in err, (argv, err)

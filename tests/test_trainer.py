@@ -1,0 +1,121 @@
+"""The generic trainer: determinism, checkpoint/resume, validation selection, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from synthetic import low_rank_split
+
+from cmcrec.config import RunContext
+from cmcrec.errors import ArtifactError, ConfigError
+from cmcrec.models.registry import DataSpec, get_model
+from cmcrec.recommender import Recommender
+from cmcrec.training.batching import PairBatcher
+from cmcrec.training.trainer import Trainer, epoch_batches, ordered_batches, resolve_device
+
+CFG = {"epochs": 6, "factors": 4, "lr": 0.02, "batch_size": 32, "patience": None}
+
+
+def _fit(tmp=None, resume=False, epochs=6, seed=0):
+    split = low_rank_split(seed=1)
+    return Recommender.fit(
+        "mf",
+        split.train,
+        CFG | {"epochs": epochs},
+        RunContext(seed=seed, progress=False),
+        checkpoint_dir=tmp,
+        resume=resume,
+    ), split
+
+
+def test_same_seed_same_model():
+    a, split = _fit()
+    b, _ = _fit()
+    np.testing.assert_array_equal(
+        a.predict_indices(split.test.user, split.test.item), b.predict_indices(split.test.user, split.test.item)
+    )
+    c, _ = _fit(seed=1)
+    assert not np.array_equal(
+        a.predict_indices(split.test.user, split.test.item), c.predict_indices(split.test.user, split.test.item)
+    )
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    """3 epochs, stop, resume to 6 == 6 epochs straight (weights, history, best epoch)."""
+    full, split = _fit()
+    ckpt = tmp_path / "ckpt"
+    _fit(ckpt, epochs=3)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["state.json", "state.safetensors"]
+    resumed, _ = _fit(ckpt, resume=True, epochs=6)
+    assert [h["epoch"] for h in resumed.training["history"]] == [1, 2, 3, 4, 5, 6]
+    assert resumed.training["best_epoch"] == full.training["best_epoch"]
+    np.testing.assert_allclose(
+        [h["valid_rmse"] for h in resumed.training["history"]],
+        [h["valid_rmse"] for h in full.training["history"]],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        resumed.predict_indices(split.test.user, split.test.item),
+        full.predict_indices(split.test.user, split.test.item),
+        rtol=1e-6,
+    )
+
+
+def test_resume_without_checkpoint_is_clear(tmp_path):
+    with pytest.raises(ArtifactError, match="no checkpoint"):
+        _fit(tmp_path / "missing", resume=True)
+
+
+def test_best_epoch_is_lowest_validation_rmse():
+    rec, _ = _fit(epochs=8)
+    hist = rec.training["history"]
+    best = min(range(len(hist)), key=lambda i: hist[i]["valid_rmse"])
+    assert rec.training["best_epoch"] == best + 1
+
+
+def test_early_stopping_stops():
+    split = low_rank_split(seed=1)
+    # A learning rate this high diverges, so validation stops improving quickly.
+    rec = Recommender.fit("mf", split.train, CFG | {"epochs": 50, "patience": 2, "lr": 2.0})
+    assert rec.training["stopped_early"]
+    assert len(rec.training["history"]) < 50
+
+
+def test_epoch_batches_partition_and_ranks():
+    whole = np.concatenate(epoch_batches(103, 10, seed=3, epoch=1))
+    assert sorted(whole) == list(range(103))
+    assert not np.array_equal(whole, np.concatenate(epoch_batches(103, 10, seed=3, epoch=2)))
+    shares = [np.concatenate(epoch_batches(103, 10, 3, 1, rank=r, world_size=2)) for r in range(2)]
+    assert len(shares[0]) == len(shares[1]) == 52
+    assert set(shares[0]) | set(shares[1]) == set(range(103))
+    rows = [np.concatenate(ordered_batches(103, 7, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(np.concatenate(rows)) == list(range(103))
+
+
+def test_validation_never_uses_test():
+    """The trainer sees only the training ratings: fitting-share + validation == train."""
+    rec, split = _fit()
+    assert rec.training["num_train"] + rec.training["num_valid"] == len(split.train)
+
+
+def test_device_errors():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match="--device"):
+        resolve_device("tpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_trainer_loss_decreases():
+    split = low_rank_split(seed=2)
+    spec = get_model("mf")
+    cfg = spec.make_config(CFG | {"epochs": 5})
+    torch.manual_seed(0)
+    module = spec.build(cfg, DataSpec.from_ratings(split.train))
+    result = Trainer(module, cfg, RunContext(progress=False)).fit(
+        split.train, split.test, PairBatcher(0), PairBatcher(None)
+    )
+    losses = [h.train_loss for h in result.history]
+    assert losses[-1] < losses[0]
