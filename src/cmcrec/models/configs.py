@@ -1,0 +1,154 @@
+"""Typed configs of the subgraph models (IGMC, MCCL and MCCL's ablations).
+
+:class:`SubgraphModelConfig` holds what both models share: the R-GCN encoder,
+the subgraph extraction caps the batchers read, the rating head, and (from
+:class:`~cmcrec.config.TrainConfig`) the optimisation settings the trainer
+reads. Every field is validated on construction; errors name the field and the
+bad value. ``to_dict`` / ``from_dict`` round-trip through JSON and reject
+unknown keys by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cmcrec.config import TrainConfig
+from cmcrec.errors import ConfigError
+
+__all__ = ["IGMCConfig", "MCCLConfig", "SubgraphModelConfig"]
+
+
+def _require(cond: bool, field: str, value: Any, rule: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field} must be {rule}, got {value!r}")
+
+
+def _optional_cap(value: int | None) -> bool:
+    return value is None or (isinstance(value, int) and value >= 1)
+
+
+@dataclass
+class SubgraphModelConfig(TrainConfig):
+    """Fields shared by the enclosing-subgraph models.
+
+    Attributes:
+        hidden_channels: width of every R-GCN layer (DESIGN §1: 32).
+        num_layers: R-GCN layers per encoder (4); a node's representation is
+            all layers' outputs concatenated (``hidden_channels * num_layers``).
+        num_bases: basis matrices of each layer's relation weights
+            (``W_r = Σ_b a_rb V_b``); 4.
+        hops: radius of the enclosing subgraph (1). Node labels: ``2 * (hops + 1)``.
+        max_nodes_per_hop: cap on each hop's new users and new items while
+            training (random sample); ``None`` keeps all. 100.
+        eval_max_nodes_per_hop: the same cap at evaluation and prediction
+            (deterministic choice); ``None`` keeps all. 200.
+        edge_dropout: share of (undirected) subgraph edges dropped at training
+            time, both directions together; 0 disables. 0.2.
+        head_hidden: hidden width of the rating head(s) (Linear → ReLU →
+            Dropout → Linear). 128.
+        dropout: dropout rate inside the rating head(s). 0.5.
+    """
+
+    hidden_channels: int = 32
+    num_layers: int = 4
+    num_bases: int = 4
+    hops: int = 1
+    max_nodes_per_hop: int | None = 100
+    eval_max_nodes_per_hop: int | None = 200
+    edge_dropout: float = 0.2
+    head_hidden: int = 128
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.hidden_channels >= 1, "hidden_channels", self.hidden_channels, ">= 1")
+        _require(self.num_layers >= 1, "num_layers", self.num_layers, ">= 1")
+        _require(self.num_bases >= 1, "num_bases", self.num_bases, ">= 1")
+        _require(self.hops >= 1, "hops", self.hops, ">= 1")
+        _require(_optional_cap(self.max_nodes_per_hop), "max_nodes_per_hop", self.max_nodes_per_hop, ">= 1 or null")
+        _require(
+            _optional_cap(self.eval_max_nodes_per_hop),
+            "eval_max_nodes_per_hop",
+            self.eval_max_nodes_per_hop,
+            ">= 1 or null",
+        )
+        _require(0.0 <= self.edge_dropout < 1.0, "edge_dropout", self.edge_dropout, "in [0, 1)")
+        _require(self.head_hidden >= 1, "head_hidden", self.head_hidden, ">= 1")
+        _require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "in [0, 1)")
+
+    @property
+    def num_labels(self) -> int:
+        """Distinct node roles for ``hops`` hops: target user/item plus a user and item label per hop."""
+        return 2 * (self.hops + 1)
+
+
+@dataclass
+class IGMCConfig(SubgraphModelConfig):
+    """IGMC (Zhang & Chen, ICLR 2020): one R-GCN encoder, one head.
+
+    Attributes:
+        arr: weight of the adjacent rating regulariser
+            ``Σ_layers Σ_r ||W_{r+1} − W_r||²_F`` (IGMC §4, "ARR"); 0.001.
+    """
+
+    arr: float = 0.001
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.arr >= 0, "arr", self.arr, ">= 0")
+
+
+@dataclass
+class MCCLConfig(SubgraphModelConfig):
+    """MCCL (Nemati & Haghir Chehreghani, 2025): denoised + variational views with InfoNCE.
+
+    Ablations are flags on the same model: view 1 only (``use_view2=False,
+    use_infonce=False``), view 2 only (``use_view1=False, use_infonce=False``),
+    both views without the contrastive term (``use_infonce=False``).
+
+    Attributes:
+        tau: InfoNCE temperature (the paper's code: 0.5; the blog preferred 0.1).
+        lambda_cl: weight of the InfoNCE term (users + items). 0.001.
+        beta_kl: weight of view 2's KL(q(z) ‖ N(0, I)). 0.001.
+        gamma_recon: weight of view 2's edge-rating reconstruction. 0.001.
+        use_view1: build the denoised view (R-GCN with learned edge weights).
+        use_view2: build the augmented variational view (edge dropout + Gaussian projection).
+        use_infonce: add the contrastive term; needs both views.
+        embedding_l2: weight of an L2 penalty on the target representations
+            the heads read (mean over targets of their squared norm). 0.
+        latent_channels: width of view 2's Gaussian latent ``z``. 64 (rather
+            than the ``hidden_channels * num_layers`` = 128 of the encoder
+            output: the Gaussian projection runs on every node and the
+            reconstruction on every edge, so the width is paid per edge).
+            When it differs from view 1's width, a linear projection maps view
+            1's target representations to it for InfoNCE.
+        scorer_hidden: hidden width of view 1's edge-scorer MLPs. 16.
+    """
+
+    tau: float = 0.5
+    lambda_cl: float = 0.001
+    beta_kl: float = 0.001
+    gamma_recon: float = 0.001
+    use_view1: bool = True
+    use_view2: bool = True
+    use_infonce: bool = True
+    embedding_l2: float = 0.0
+    latent_channels: int = 64
+    scorer_hidden: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.tau > 0, "tau", self.tau, "> 0")
+        _require(self.lambda_cl >= 0, "lambda_cl", self.lambda_cl, ">= 0")
+        _require(self.beta_kl >= 0, "beta_kl", self.beta_kl, ">= 0")
+        _require(self.gamma_recon >= 0, "gamma_recon", self.gamma_recon, ">= 0")
+        _require(self.embedding_l2 >= 0, "embedding_l2", self.embedding_l2, ">= 0")
+        _require(self.latent_channels >= 1, "latent_channels", self.latent_channels, ">= 1")
+        _require(self.scorer_hidden >= 1, "scorer_hidden", self.scorer_hidden, ">= 1")
+        if not (self.use_view1 or self.use_view2):
+            raise ConfigError("use_view1 and use_view2 are both false: at least one view must be on")
+        if self.use_infonce and not (self.use_view1 and self.use_view2):
+            raise ConfigError(
+                f"use_infonce=true needs both views, got use_view1={self.use_view1}, use_view2={self.use_view2}"
+            )

@@ -1,0 +1,210 @@
+"""MCCL: contrastive matrix completion with a denoised and an augmented graph view.
+
+Nemati & Haghir Chehreghani, "Contrastive Matrix Completion with Denoising and
+Augmented Graph Views for Robust Recommendation", arXiv 2506.10658, 2025.
+See ``DESIGN.md`` §1 for the method in our words.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmcrec.graph.batch import SubgraphBatch
+from cmcrec.models.base import ModelOutput, RatingModel
+from cmcrec.models.configs import MCCLConfig
+from cmcrec.models.layers import (
+    RelationalGraph,
+    RGCNStack,
+    dropout_edges_undirected,
+    gather_rows,
+    info_nce,
+    mlp_head,
+    target_readout,
+)
+
+__all__ = ["MCCL"]
+
+# exp(10) is already a huge standard deviation; the clamp only stops overflow early in training.
+_MAX_LOGSTD = 10.0
+
+
+class GaussianProjection(nn.Module):
+    """Two MLPs giving ``μ`` and ``log σ`` of a diagonal Gaussian per node.
+
+    Args:
+        in_channels: width of the encoder output.
+        latent_channels: width of ``z``.
+    """
+
+    def __init__(self, in_channels: int, latent_channels: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.latent_channels = latent_channels
+        self.mu = nn.Sequential(
+            nn.Linear(in_channels, latent_channels), nn.ReLU(), nn.Linear(latent_channels, latent_channels)
+        )
+        self.logstd = nn.Sequential(
+            nn.Linear(in_channels, latent_channels), nn.ReLU(), nn.Linear(latent_channels, latent_channels)
+        )
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(μ, log σ)``, each ``(N, latent_channels)``."""
+        return self.mu(h), self.logstd(h).clamp(max=_MAX_LOGSTD)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.in_channels}, {self.latent_channels})"
+
+
+class MCCL(RatingModel):
+    r"""MCCL (Nemati & Haghir Chehreghani, arXiv 2506.10658, 2025).
+
+    Two encoders over the same enclosing subgraph (one-hot node roles in):
+
+    * **View 1, denoised**: an R-GCN stack where, after layer ``l``, an edge
+      scorer gives ``w_e = s_e / mean_{e' ∈ g} s_{e'}``,
+      ``s_e = σ(MLP([h^l_src ‖ h^l_dst]))``, and layer ``l + 1`` multiplies each
+      message by ``w_e``. Target representation ``h1 = [h^{1:L}_u ‖ h^{1:L}_v]``.
+    * **View 2, augmented**: an R-GCN stack on the subgraph with edge dropout,
+      then ``μ = MLP_μ(h)``, ``log σ = MLP_σ(h)``, ``z = μ + ε ⊙ σ`` (``z = μ``
+      in eval mode). Target representation ``h2 = [z_u ‖ z_v]``.
+
+    Heads: ``r̂_1 = f_1(h1)``, ``r̂_2 = f_2(h2)``, ``r̂ = f_c([h1 ‖ h2])``, each
+    squashed into the rating range; the prediction is ``r̂`` (or the single
+    active view's head in an ablation). Training objective (the paper's total
+    loss, DESIGN §1)::
+
+        L = MSE(r̂) + MSE(r̂_1) + MSE(r̂_2)
+            + λ_cl · [InfoNCE_τ(P h1_u, z_u) + InfoNCE_τ(P h1_v, z_v)]
+            + β · KL(q(z) ‖ N(0, I)) + γ · recon + embedding_l2 · mean ||h||²
+
+    where ``P`` projects view 1 to the latent width (identity when equal),
+    InfoNCE is symmetric with in-batch negatives (:func:`info_nce`), KL is the
+    per-node sum over latent dimensions averaged over nodes, and ``recon`` is
+    ``mean_e (σ(z_src · z_dst) − edge_value_e)²`` over every edge of the
+    undropped subgraph (each rating counted once per direction, so equally).
+    Terms of a disabled view are left out. The KL, reconstruction, InfoNCE and
+    L2 terms are computed in training mode only.
+
+    Args:
+        config: an :class:`MCCLConfig`.
+        num_relations: rating levels (edge types).
+        num_labels: node roles (``2 * (hops + 1)``).
+        rating_min: lowest rating.
+        rating_max: highest rating.
+    """
+
+    batch_kind = "subgraph"
+
+    def __init__(
+        self, config: MCCLConfig, num_relations: int, num_labels: int, rating_min: float, rating_max: float
+    ) -> None:
+        super().__init__(rating_min, rating_max)
+        self.config = config
+        self.num_relations = num_relations
+        self.num_labels = num_labels
+        c = config
+        width = c.hidden_channels * c.num_layers
+        # Only the modules of active views exist, so DDP never sees unused parameters.
+        self.view1 = self.view2 = self.gauss = self.head1 = self.head2 = self.head = self.cl_proj = None
+        if c.use_view1:
+            self.view1 = RGCNStack(
+                num_labels, c.hidden_channels, c.num_layers, num_relations, c.num_bases, scorer_hidden=c.scorer_hidden
+            )
+            self.head1 = mlp_head(2 * width, c.head_hidden, c.dropout)
+        if c.use_view2:
+            self.view2 = RGCNStack(num_labels, c.hidden_channels, c.num_layers, num_relations, c.num_bases)
+            self.gauss = GaussianProjection(width, c.latent_channels)
+            self.head2 = mlp_head(2 * c.latent_channels, c.head_hidden, c.dropout)
+        if c.use_view1 and c.use_view2:
+            self.head = mlp_head(2 * width + 2 * c.latent_channels, c.head_hidden, c.dropout)
+            if c.use_infonce and width != c.latent_channels:
+                self.cl_proj = nn.Linear(width, c.latent_channels)
+
+    @classmethod
+    def build(cls, config: MCCLConfig, data) -> MCCL:
+        """Instantiate for a :class:`cmcrec.models.registry.DataSpec`."""
+        return cls(config, data.num_relations, config.num_labels, data.rating_min, data.rating_max)
+
+    def _project(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self.cl_proj is None else self.cl_proj(h)
+
+    def forward(self, batch: SubgraphBatch) -> ModelOutput:
+        """Predictions ``(B,)``; in training mode ``extras`` carries the other heads and loss terms."""
+        c = self.config
+        n, b = batch.num_nodes, batch.num_targets
+        user, item = batch.user_pos, batch.item_pos
+        edge_index, edge_type = batch.edge_index, batch.edge_type
+        x = F.one_hot(batch.node_label, self.num_labels).to(torch.float32)  # (N, labels)
+        full = RelationalGraph.build(edge_index, edge_type, n, self.num_relations)
+        extras: dict[str, torch.Tensor] = {}
+        reps = []
+        logits = []
+
+        if self.view1 is not None:
+            h1 = self.view1(x, edge_index, edge_type, full, batch.node_graph, b)  # (N, L*C)
+            r1 = target_readout(h1, user, item)  # (B, 2*L*C)
+            reps.append(r1)
+            logits.append(self.head1(r1).squeeze(-1))
+
+        if self.view2 is not None:
+            if self.training and c.edge_dropout > 0:
+                ei2, et2 = dropout_edges_undirected(edge_index, c.edge_dropout, edge_type)
+                g2 = RelationalGraph.build(ei2, et2, n, self.num_relations)
+            else:
+                ei2, et2, g2 = edge_index, edge_type, full
+            h2 = self.view2(x, ei2, et2, g2)  # (N, L*C)
+            mu, logstd = self.gauss(h2)  # (N, D) each
+            z = mu + torch.randn_like(mu) * logstd.exp() if self.training else mu
+            r2 = target_readout(z, user, item)  # (B, 2*D)
+            reps.append(r2)
+            logits.append(self.head2(r2).squeeze(-1))
+            if self.training:
+                extras["kl"] = -0.5 * (1 + 2 * logstd - mu.pow(2) - (2 * logstd).exp()).sum(-1).mean()
+                dot = (gather_rows(z, full, "src") * gather_rows(z, full, "dst")).sum(-1)  # (E,)
+                extras["recon"] = F.mse_loss(torch.sigmoid(dot), batch.edge_value.to(dot.dtype))
+
+        if len(reps) == 2:
+            extras["prediction_v1"] = self.to_scale(logits[0])
+            extras["prediction_v2"] = self.to_scale(logits[1])
+            logit = self.head(torch.cat(reps, dim=-1)).squeeze(-1)
+            if self.training and c.use_infonce:
+                w = r1.shape[1] // 2
+                d = c.latent_channels
+                extras["infonce"] = info_nce(self._project(r1[:, :w]), r2[:, :d], c.tau) + info_nce(
+                    self._project(r1[:, w:]), r2[:, d:], c.tau
+                )
+        else:
+            logit = logits[0]
+        if self.training and c.embedding_l2 > 0:
+            extras["emb_l2"] = sum(r.pow(2).sum(-1).mean() for r in reps)
+        return ModelOutput(prediction=self.to_scale(logit), extras=extras)
+
+    def loss(self, batch: SubgraphBatch, output: ModelOutput) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted sum of the class docstring; parts ``mse``, ``mse_v1``, ``mse_v2``,
+        ``infonce``, ``kl``, ``recon``, ``emb_l2`` (those that apply)."""
+        c = self.config
+        ex = output.extras
+        terms = {"mse": (1.0, F.mse_loss(output.prediction, batch.y))}
+        if "prediction_v1" in ex:
+            terms["mse_v1"] = (1.0, F.mse_loss(ex["prediction_v1"], batch.y))
+            terms["mse_v2"] = (1.0, F.mse_loss(ex["prediction_v2"], batch.y))
+        for name, weight in (
+            ("infonce", c.lambda_cl),
+            ("kl", c.beta_kl),
+            ("recon", c.gamma_recon),
+            ("emb_l2", c.embedding_l2),
+        ):
+            if name in ex:
+                terms[name] = (weight, ex[name])
+        total = sum(w * v for w, v in terms.values())
+        return total, {k: float(v.detach()) for k, (_, v) in terms.items()}
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"{type(self).__name__}(num_relations={self.num_relations}, num_labels={self.num_labels}, "
+            f"hidden_channels={c.hidden_channels}, num_layers={c.num_layers}, latent_channels={c.latent_channels}, "
+            f"use_view1={c.use_view1}, use_view2={c.use_view2}, use_infonce={c.use_infonce})"
+        )

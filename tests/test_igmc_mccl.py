@@ -1,0 +1,187 @@
+"""IGMC and MCCL modules on small hand-built subgraph batches."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cmcrec.errors import ConfigError
+from cmcrec.graph.batch import SubgraphBatch
+from cmcrec.models.configs import IGMCConfig, MCCLConfig
+from cmcrec.models.igmc import IGMC
+from cmcrec.models.mccl import MCCL
+
+R = 5  # rating levels 1..5
+
+# One graph as (ratings among its nodes); nodes: 0 target user, 1 target item, then
+# neighbour users (label 2) and neighbour items (label 3). Ratings are (user, item, level index).
+GRAPHS = [
+    {"users": 3, "items": 3, "ratings": [(0, 4, 4), (2, 1, 3), (3, 1, 0), (2, 4, 2), (3, 5, 1), (0, 5, 4)], "y": 5.0},
+    {"users": 2, "items": 2, "ratings": [(0, 3, 0), (2, 1, 1), (2, 3, 0)], "y": 1.0},
+    {"users": 2, "items": 3, "ratings": [(0, 3, 2), (0, 4, 2), (2, 1, 2), (2, 4, 3)], "y": 3.0},
+]
+
+
+def make_batch(graphs) -> SubgraphBatch:
+    labels, src, dst, typ, node_graph, user_pos, item_pos, y = [], [], [], [], [], [], [], []
+    offset = 0
+    for g, spec in enumerate(graphs):
+        nu, ni = spec["users"], spec["items"]
+        # node ids: target user 0, target item 1, users 2..nu, items nu+1..
+        labels += [0, 1] + [2] * (nu - 1) + [3] * (ni - 1)
+        for u, i, t in spec["ratings"]:
+            src += [u + offset, i + offset]
+            dst += [i + offset, u + offset]
+            typ += [t, t]
+        node_graph += [g] * (nu + ni)
+        user_pos.append(offset)
+        item_pos.append(offset + 1)
+        y.append(spec["y"])
+        offset += nu + ni
+    edge_type = torch.tensor(typ)
+    return SubgraphBatch(
+        node_label=torch.tensor(labels),
+        edge_index=torch.tensor([src, dst]),
+        edge_type=edge_type,
+        edge_value=edge_type.float() / (R - 1),
+        node_graph=torch.tensor(node_graph),
+        user_pos=torch.tensor(user_pos),
+        item_pos=torch.tensor(item_pos),
+        y=torch.tensor(y),
+    )
+
+
+SMALL = {"hidden_channels": 8, "num_layers": 2, "head_hidden": 16, "dropout": 0.0}
+MCCL_VARIANTS = {
+    "full": {},
+    "view1": {"use_view2": False, "use_infonce": False},
+    "view2": {"use_view1": False, "use_infonce": False},
+    "nocl": {"use_infonce": False},
+}
+
+
+def build(kind: str, **overrides):
+    torch.manual_seed(0)
+    if kind == "igmc":
+        return IGMC(IGMCConfig(**{**SMALL, **overrides}), R, 4, 1.0, 5.0)
+    cfg = MCCLConfig(**{**SMALL, "latent_channels": 8, "scorer_hidden": 4, **MCCL_VARIANTS[kind], **overrides})
+    return MCCL(cfg, R, 4, 1.0, 5.0)
+
+
+KINDS = ["igmc", *MCCL_VARIANTS]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_loss_shapes_range_and_determinism(kind):
+    batch = make_batch(GRAPHS)
+    model = build(kind)
+    model.train()
+    out = model(batch)
+    assert out.prediction.shape == (3,)
+    loss, parts = model.loss(batch, out)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert all(isinstance(v, float) and v == v for v in parts.values())
+    assert "mse" in parts
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters()), "every parameter takes part (DDP-safe)"
+    model.eval()
+    with torch.no_grad():
+        p1 = model(batch).prediction
+        p2 = model(batch).prediction
+    torch.testing.assert_close(p1, p2, rtol=0, atol=0)
+    assert bool(((p1 >= 1.0) & (p1 <= 5.0)).all())
+
+
+def test_mccl_loss_parts():
+    batch = make_batch(GRAPHS)
+    model = build("full", embedding_l2=0.01)
+    model.train()
+    _, parts = model.loss(batch, model(batch))
+    assert set(parts) == {"mse", "mse_v1", "mse_v2", "infonce", "kl", "recon", "emb_l2"}
+    _, parts = build("view1").loss(batch, build("view1")(batch))
+    assert set(parts) == {"mse"}
+    model = build("view2")
+    _, parts = model.loss(batch, model(batch))
+    assert set(parts) == {"mse", "kl", "recon"}
+    model = build("igmc")
+    _, parts = model.loss(batch, model(batch))
+    assert set(parts) == {"mse", "arr"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_block_diagonal_eval_prediction_independent_of_batch(kind):
+    model = build(kind).eval()
+    with torch.no_grad():
+        alone = model(make_batch(GRAPHS[1:2])).prediction
+        together = model(make_batch(GRAPHS)).prediction
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_overfits_tiny_problem(kind):
+    batch = make_batch(GRAPHS)
+    model = build(kind, edge_dropout=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    first = None
+    for _ in range(40):
+        out = model(batch)
+        loss, parts = model.loss(batch, out)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = parts["mse"] if first is None else first
+    assert parts["mse"] < 0.5 * first
+
+
+def test_igmc_arr_penalty_matches_definition():
+    model = build("igmc")
+    expected = sum(((c.relation_weight()[1:] - c.relation_weight()[:-1]) ** 2).sum() for c in model.encoder.convs)
+    torch.testing.assert_close(model.arr_penalty(), expected)
+
+
+@pytest.mark.parametrize("cls", [IGMCConfig, MCCLConfig])
+def test_config_round_trip(cls):
+    cfg = cls(hidden_channels=16, max_nodes_per_hop=None, grad_clip=1.0)
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert cls.from_dict(data) == cfg
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "value"),
+    [
+        (IGMCConfig, "hidden_channels", 0),
+        (IGMCConfig, "edge_dropout", 1.0),
+        (IGMCConfig, "max_nodes_per_hop", 0),
+        (IGMCConfig, "arr", -1.0),
+        (MCCLConfig, "tau", 0.0),
+        (MCCLConfig, "lambda_cl", -0.1),
+        (MCCLConfig, "latent_channels", 0),
+        (MCCLConfig, "dropout", 1.5),
+    ],
+)
+def test_config_validation_names_field_and_value(cls, field, value):
+    with pytest.raises(ConfigError, match=rf"{field}.*{value}"):
+        cls(**{field: value})
+
+
+def test_config_rejects_unknown_keys_and_bad_view_flags():
+    with pytest.raises(ConfigError, match="bogus"):
+        MCCLConfig.from_dict({"bogus": 1, "tau": 0.1})
+    with pytest.raises(ConfigError, match="use_view1"):
+        MCCLConfig(use_view1=False, use_view2=False, use_infonce=False)
+    with pytest.raises(ConfigError, match="use_infonce"):
+        MCCLConfig(use_view2=False)
+
+
+def test_registry_builds_models():
+    from cmcrec.models.registry import DataSpec, get_model
+
+    data = DataSpec(num_users=3, num_items=3, num_relations=R, rating_min=1.0, rating_max=5.0, global_mean=3.0)
+    for name in ["igmc", "mccl", "mccl-v1", "mccl-v2", "mccl-nocl"]:
+        spec = get_model(name)
+        model = spec.build(spec.make_config(SMALL), data)
+        assert model.batch_kind == "subgraph"
+        assert model(make_batch(GRAPHS)).prediction.shape == (3,)
