@@ -28,7 +28,8 @@ def ratings_csv(tmp_path_factory):
     r = low_rank_ratings(num_users=30, num_items=20, seed=7)
     path = tmp_path_factory.mktemp("csv") / "ratings.csv"
     rows = ["user,item,rating,timestamp"] + [
-        f"{r.users.ids[u]},{r.items.ids[i]},{int(v)},{t}" for u, i, v, t in zip(r.user, r.item, r.rating, r.timestamp)
+        f"{r.users.ids[u]},{r.items.ids[i]},{int(v)},{t}"
+        for u, i, v, t in zip(r.user, r.item, r.rating, r.timestamp, strict=False)
     ]
     path.write_text("\n".join(rows) + "\n")
     return path

@@ -12,8 +12,9 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from cmcrec.cli.bench import bench_app
 from cmcrec.config import RunContext
-from cmcrec.errors import CmcrecError, ConfigError
+from cmcrec.errors import ConfigError
 
 app = typer.Typer(
     help="cmcrec: Contrastive Matrix Completion recommender (MCCL, IGMC, MF baselines).",
@@ -103,12 +104,17 @@ def data_info(
     name: Annotated[str, typer.Argument(help="Dataset name or path to a ratings file.")],
     data_dir: DataDir = None,
     sep: Annotated[str | None, typer.Option("--sep", help="Field delimiter of a text file (default: sniffed).")] = None,
+    duplicates: Annotated[
+        str, typer.Option("--duplicates", help="Repeated (user, item) pairs in a file: error, last or mean.")
+    ] = "error",
     as_json: JsonFlag = False,
 ) -> None:
     """Summary statistics of a dataset or ratings file."""
     from cmcrec.data.datasets import load_ratings
 
-    options = {} if sep is None else {"sep": sep}
+    options: dict = {} if sep is None else {"delimiter": sep}
+    if Path(name).exists():
+        options["duplicates"] = duplicates
     ratings = load_ratings(name, data_dir=data_dir, **options)
     info = ratings.info()
     _emit(info, as_json, "\n".join(f"{k:<26} {v}" for k, v in info.items()))
@@ -399,15 +405,4 @@ def serve(
     uvicorn.run(create_app(model), host=host, port=port, log_level="info")
 
 
-def _register_benchmarks() -> None:
-    from cmcrec.cli.bench import bench_app
-
-    app.add_typer(bench_app, name="benchmark")
-
-
-try:
-    _register_benchmarks()
-except ImportError:  # pragma: no cover - benchmarks module is part of the package
-    pass
-
-__all__ = ["app", "CmcrecError"]
+app.add_typer(bench_app, name="benchmark")

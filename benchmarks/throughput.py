@@ -1,0 +1,186 @@
+"""Throughput of subgraph extraction and of IGMC / MCCL training on ML-100K.
+
+IGMC's settings: 1 hop, ``max_nodes_per_hop`` 200, batch 50, random training
+pairs of u1.base. Reports
+
+- extraction subgraphs/s of the vectorised code and of the per-pair oracle
+  (``tests/subgraph_oracle.py``) in the same run, and their ratio;
+- training subgraphs/s (extraction + forward + backward + Adam step, the real
+  DataLoader path) for IGMC and MCCL, and the compute-only rate on
+  pre-extracted batches, to show where the time goes;
+- peak RSS of the process.
+
+Usage::
+
+    python benchmarks/throughput.py [--quick] [--json] [--device cpu|cuda] [--num-workers N]
+        [--data-dir ../shared/data] [--out benchmarks/results/throughput.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the oracle lives with the tests
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench_extraction(graph, train, batches: int, batch_size: int, rng: np.random.Generator) -> dict:
+    from subgraph_oracle import DictGraph, oracle_batch
+
+    from cmcrec.graph.subgraph import extract_subgraphs
+
+    rows = [rng.choice(len(train), batch_size, replace=False) for _ in range(batches)]
+    extract_subgraphs(graph, train.user[rows[0]], train.item[rows[0]], max_nodes_per_hop=200)  # warm-up
+    t0 = time.perf_counter()
+    edges = 0
+    for r in rows:
+        b = extract_subgraphs(graph, train.user[r], train.item[r], max_nodes_per_hop=200)
+        edges += b.num_edges
+    fast = batches * batch_size / (time.perf_counter() - t0)
+    oracle_rows = rows[: max(1, batches // 4)]
+    dict_graph = DictGraph.from_rating_graph(graph)  # built once, outside the timing
+    t0 = time.perf_counter()
+    for r in oracle_rows:
+        oracle_batch(dict_graph, train.user[r], train.item[r], 1, 200)
+    slow = len(oracle_rows) * batch_size / (time.perf_counter() - t0)
+    return {
+        "extract_subgraphs_per_s": fast,
+        "oracle_subgraphs_per_s": slow,
+        "extract_speedup": fast / slow,
+        "mean_edges_per_subgraph": edges / (batches * batch_size),
+    }
+
+
+def bench_training(model_name: str, graph, train, steps: int, device: str, num_workers: int, seed: int) -> dict:
+    from torch.utils.data import DataLoader
+
+    from cmcrec.models.registry import DataSpec, get_model
+    from cmcrec.training.batching import TargetRows, identity_collate, make_batcher
+    from cmcrec.training.trainer import epoch_batches
+
+    spec = get_model(model_name)
+    config = spec.make_config({"batch_size": 50, "max_nodes_per_hop": 200})
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    model = spec.build(config, DataSpec.from_ratings(train)).to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    batcher = make_batcher("subgraph", config, graph, train=True, seed=seed)
+    batches = epoch_batches(len(train), config.batch_size, seed, 0)[: steps + 2]
+    loader = DataLoader(
+        TargetRows(train.user, train.item, train.rating, batcher),
+        sampler=batches,
+        batch_size=None,
+        collate_fn=identity_collate,
+        num_workers=num_workers,
+    )
+
+    def step(batch):
+        batch = batch.to(dev)
+        loss, _ = model.loss(batch, model(batch))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    it = iter(loader)
+    cached = [next(it) for _ in range(2)]  # warm-up batches, reused for the compute-only rate
+    for b in cached:
+        step(b)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    n = 0
+    for b in it:
+        step(b)
+        n += b.num_targets
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    end_to_end = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    reps = max(2, steps // 4)
+    for i in range(reps):
+        step(cached[i % 2])
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    compute = reps * 50 / (time.perf_counter() - t0)
+    return {f"{model_name}_train_subgraphs_per_s": end_to_end, f"{model_name}_compute_subgraphs_per_s": compute}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer batches (for a smoke run)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers extracting subgraphs")
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--out", type=Path, default=None, help="write the result JSON here (atomically)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from cmcrec.artifacts import atomic_write_text
+    from cmcrec.data.datasets import load_split
+    from cmcrec.graph.csr import RatingGraph
+
+    train = load_split("ml-100k", "u1", data_dir=args.data_dir).train
+    graph = RatingGraph.from_ratings(train)
+    rng = np.random.default_rng(args.seed)
+    steps = 6 if args.quick else 40
+    result: dict = {"dataset": "ml-100k/u1", "hops": 1, "max_nodes_per_hop": 200, "batch_size": 50}
+    result |= bench_extraction(graph, train, 8 if args.quick else 60, 50, rng)
+    for name in ("igmc", "mccl"):
+        result |= bench_training(name, graph, train, steps, args.device, args.num_workers, args.seed)
+    result["peak_rss_mb"] = peak_rss_mb()
+    result |= {
+        "device": args.device,
+        "num_workers": args.num_workers,
+        "torch_threads": torch.get_num_threads(),
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            if k != "machine":
+                print(f"{k:<34} {v:,.1f}" if isinstance(v, float) else f"{k:<34} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The main job on the embedded default data (MovieTweetings-100K, MIT licence), from nothing:
+# set up a venv, train MCCL with the CPU budget preset, report test metrics, and recommend
+# for a training user and for a brand-new user given three ratings (no retraining).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/cmcrec ]; then
+  python3 -m venv .venv
+  .venv/bin/python -m pip install --quiet -e .
+fi
+. .venv/bin/activate
+
+OUT="${CMCREC_QUICKSTART_OUT:-runs/quickstart-mccl}"
+cmcrec train --model mccl --preset cpu --dataset movietweetings-100k --out "$OUT" --num-workers 1 --k 10
+echo
+echo "Top 5 for training user 1:"
+cmcrec recommend --model "$OUT" --user 1 -k 5
+echo
+echo "Top 5 for a new user who loved The Dark Knight and Inception and disliked Twilight:"
+cmcrec recommend --model "$OUT" --ratings "0468569=10,1375666=10,1099212=2" -k 5

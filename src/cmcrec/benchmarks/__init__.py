@@ -1,0 +1,1 @@
+"""Studies that produce the committed results under ``benchmarks/results/``."""
