@@ -1,0 +1,38 @@
+"""IGMC, MCCL and the MCCL ablations pass the same conformance suite as MF."""
+
+from __future__ import annotations
+
+from conformance import ModelConformance
+
+TINY = {
+    "epochs": 8,
+    "hidden_channels": 8,
+    "num_layers": 2,
+    "num_bases": 2,
+    "head_hidden": 16,
+    "max_nodes_per_hop": 6,
+    "eval_max_nodes_per_hop": 6,
+    "batch_size": 32,
+    "lr": 0.01,
+    "lr_decay_step": 100,
+}
+
+
+class TestIGMC(ModelConformance):
+    model = "igmc"
+    overrides = TINY
+
+
+class TestMCCL(ModelConformance):
+    model = "mccl"
+    overrides = TINY | {"latent_channels": 8, "scorer_hidden": 4}
+
+
+class TestMCCLView1(ModelConformance):
+    model = "mccl-v1"
+    overrides = TINY | {"scorer_hidden": 4}
+
+
+class TestMCCLView2(ModelConformance):
+    model = "mccl-v2"
+    overrides = TINY | {"latent_channels": 8}
