@@ -406,3 +406,13 @@ def serve(
 
 
 app.add_typer(bench_app, name="benchmark")
+
+
+def _register_studies() -> None:
+    from cmcrec.cli.report import report_command, sweep_command
+
+    app.command("report")(report_command)
+    app.command("sweep")(sweep_command)
+
+
+_register_studies()

@@ -1,0 +1,243 @@
+"""``cmcrec report``: synthetic result files of every schema → index.html + valid PNGs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmcrec.errors import CmcrecError, DataError
+from cmcrec.report import build_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MODELS = ("svd", "igmc", "mccl")
+COMMAND = "cmcrec benchmark blog --seeds 0,1"
+
+
+def _write(d: Path, name: str, payload) -> None:
+    (d / name).write_text(json.dumps(payload))
+
+
+def write_results(d: Path) -> None:
+    """One small file per schema documented in docs/reports.md."""
+    rng = np.random.default_rng(0)
+    meta = {"command": COMMAND, "machine": {"cpu": "test cpu"}, "date": "2025-01-01T00:00:00Z"}
+    _write(
+        d,
+        "accuracy.json",
+        meta
+        | {
+            "rows": [
+                {"dataset": ds, "model": m, "rmse_mean": base + 0.02 * j, "rmse_std": 0.004, "seeds": [0, 1, 2]}
+                for ds, base in (("ml-100k", 0.9), ("douban", 0.73))
+                for j, m in enumerate(MODELS)
+            ],
+            "runs": [
+                {
+                    "dataset": "ml-100k",
+                    "model": "mccl",
+                    "seed": 0,
+                    "history": [
+                        {"epoch": e, "train_loss": 1.5 / e, "valid_rmse": 0.95 - 0.01 * e} for e in range(1, 6)
+                    ],
+                }
+            ],
+        },
+    )
+    _write(
+        d,
+        "blog.json",
+        meta
+        | {
+            "rows": [
+                {"model": "svd", "rmse": 0.892, "recall@10": 0.052, "ndcg@10": 0.06, "coverage@10": 0.12},
+                {"model": "mccl", "rmse": 0.845, "recall@10": 0.078, "ndcg@10": 0.09, "coverage@10": 0.24},
+            ]
+        },
+    )
+    pop = (1000 / np.arange(1, 201) ** 0.9).astype(int)
+    _write(
+        d,
+        "popularity.json",
+        meta
+        | {
+            "k": 10,
+            "catalogue_popularity": pop.tolist(),
+            "rows": [
+                {"model": "svd", "recommendation_counts": np.r_[np.full(20, 50), np.zeros(180, int)].tolist()},
+                {"model": "mccl", "recommended_popularity": rng.choice(pop[:120], 500).tolist()},
+                {"model": "igmc", "decile_share": [0.4, 0.2, 0.1, 0.1, 0.05, 0.05, 0.04, 0.03, 0.02, 0.01]}
+                | {"mean_popularity": 150.0},
+            ],
+        },
+    )
+    _write(
+        d,
+        "robustness.json",
+        meta
+        | {
+            "rows": [
+                {"noise": s, "kind": kind, "model": m, "seed": seed, "rmse": 0.9 + s * (0.5 if m == "mccl" else 1.0)}
+                | {"ndcg@10": 0.1 - s * 0.1}
+                for kind in ("fake", "flip")
+                for s in (0.0, 0.05, 0.1, 0.2)
+                for m in MODELS
+                for seed in (0, 1)
+            ]
+        },
+    )
+    buckets = [("1-2", 120), ("3-5", 300), ("6-10", 250), ("11+", 400)]
+    _write(
+        d,
+        "cold_start.json",
+        meta
+        | {
+            "rows": [
+                {"study": "bucket", "bucket": b, "model": m, "rmse": 1.1 - 0.03 * j, "ndcg@10": 0.05, "num_users": n}
+                for j, (b, n) in enumerate(buckets)
+                for m in MODELS
+            ]
+            + [
+                {"study": "inductive", "k": k, "model": m, "rmse": 1.0 - 0.02 * k, "ndcg@10": 0.02 * k}
+                for k in (1, 2, 5, 10)
+                for m in MODELS
+            ]
+        },
+    )
+    _write(
+        d,
+        "training_curves.json",
+        {
+            "rows": [
+                {"model": m, "dataset": "ml-100k", "epoch": e, "train_loss": 2.0 / e, "valid_rmse": 1.0 - 0.01 * e}
+                for m in ("igmc", "svd")
+                for e in range(1, 6)
+            ]
+        },
+    )
+    _write(
+        d,
+        "tau.json",
+        meta
+        | {
+            "rows": [
+                {
+                    "tau": t,
+                    "seed": s,
+                    "valid_rmse": 0.9 + abs(np.log(t / 0.1)) * 0.01,
+                    "rmse": 0.91 + abs(np.log(t / 0.1)) * 0.01,
+                    "recall@10": 0.07,
+                    "coverage@10": 0.1 + 0.1 * t,
+                }
+                for t in (0.07, 0.1, 0.2, 0.5, 1.0)
+                for s in (0, 1)
+            ]
+        },
+    )
+    _write(
+        d,
+        "sweep_demo.json",
+        meta
+        | {
+            "search_space": {
+                "lr": {"type": "log-uniform", "low": 1e-4, "high": 1e-2},
+                "max_nodes_per_hop": {"type": "categorical", "choices": [20, 50, 100, 200]},
+            },
+            "rows": [
+                {"trial": i, "state": "COMPLETE", "value": 0.95 - 0.01 * i, "params": {"lr": 1e-3 * (i + 1)}}
+                | {"duration_s": 1.0}
+                for i in range(4)
+            ]
+            + [{"trial": 4, "state": "FAIL", "value": None, "params": {"lr": 5e-3}}],
+            "best": {"trial": 3, "value": 0.92, "params": {"lr": 4e-3}},
+        },
+    )
+
+
+def _pngs(index: Path) -> list[str]:
+    return re.findall(r'<img src="([^"]+\.png)"', index.read_text())
+
+
+def test_report_draws_every_schema(tmp_path):
+    results, out = tmp_path / "results", tmp_path / "report"
+    results.mkdir()
+    write_results(results)
+    report = build_report(results, out)
+    pngs = _pngs(out / "index.html")
+    assert len(pngs) >= 6 and len(pngs) == len(set(pngs)) == len(report.figures)
+    for name in pngs:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 10_000, name
+    assert {
+        "accuracy.png",
+        "ranking.png",
+        "popularity.png",
+        "robustness.png",
+        "cold_start_buckets.png",
+        "cold_start_inductive.png",
+        "training_curves.png",
+        "tau.png",
+        "sweep_demo.png",
+    } <= set(pngs)
+    page = (out / "index.html").read_text()
+    assert "Source: <code>accuracy.json</code>" in page and COMMAND in page
+    assert report.missing == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_missing_files_are_noted_not_fatal(tmp_path):
+    results, out = tmp_path / "results", tmp_path / "report"
+    results.mkdir()
+    _write(results, "tau.json", {"rows": [{"tau": 0.1, "valid_rmse": 0.9, "rmse": 0.91}]})
+    report = build_report(results, out)
+    assert report.figures == ["tau.png"]
+    page = (out / "index.html").read_text()
+    assert "robustness.json not found" in page and "accuracy.json not found" in page
+    # Rebuilding over an earlier report replaces it.
+    _write(results, "blog.json", {"rows": [{"model": "mccl", "recall@10": 0.1}]})
+    assert build_report(results, out).figures == ["ranking.png", "tau.png"]
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "robustness.json").write_text('{"rows": [\n  {"noise": 0.1,,}\n]}')
+    with pytest.raises(DataError, match=r"robustness\.json:2"):
+        build_report(results, tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
+def test_row_missing_field_names_file_and_field(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    _write(results, "accuracy.json", {"rows": [{"dataset": "ml-100k", "rmse_mean": 0.9}]})
+    with pytest.raises(DataError, match=r"accuracy\.json.*'model'"):
+        build_report(results, tmp_path / "report")
+
+
+def test_bad_directories(tmp_path):
+    with pytest.raises(CmcrecError, match="no such directory"):
+        build_report(tmp_path / "nope", tmp_path / "report")
+    results, other = tmp_path / "results", tmp_path / "other"
+    results.mkdir()
+    other.mkdir()
+    (other / "keep.txt").write_text("precious")
+    with pytest.raises(CmcrecError, match="not empty"):
+        build_report(results, other)
+    assert (other / "keep.txt").read_text() == "precious"
+    with pytest.raises(CmcrecError, match="must differ"):
+        build_report(results, results)
+
+
+def test_cli_report(tmp_path, capsys):
+    from cmcrec.cli.report import report_command
+
+    results = tmp_path / "results"
+    results.mkdir()
+    write_results(results)
+    report_command(results=results, out=tmp_path / "r", title="t", as_json=True)
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["figures"]) >= 6 and payload["missing"] == []
