@@ -164,12 +164,14 @@ class BiasedMF(RatingModel):
         Returns:
             ``(bias, factors)``: a scalar tensor and a ``(factors,)`` tensor.
         """
+        dev = self.global_mean.device
+        items, ratings = items.to(dev), ratings.to(dev)
         resid = ratings.to(torch.float64) - self.global_mean.double() - self.item_bias(items).squeeze(-1).double()
         n = len(items)
         if self.user_factors is None:
-            return resid.sum() / (n + self.config.reg_bias * n + 1e-9), torch.zeros(0)
+            return resid.sum() / (n + self.config.reg_bias * n + 1e-9), torch.zeros(0, device=dev)
         q = self.item_factors(items).double()  # (n, F)
-        design = torch.cat([torch.ones(n, 1, dtype=torch.float64), q], dim=1)  # (n, 1 + F)
-        ridge = self.config.reg * max(n, 1) * torch.eye(1 + self.factors, dtype=torch.float64)
+        design = torch.cat([torch.ones(n, 1, dtype=torch.float64, device=dev), q], dim=1)  # (n, 1 + F)
+        ridge = self.config.reg * max(n, 1) * torch.eye(1 + self.factors, dtype=torch.float64, device=dev)
         sol = torch.linalg.solve(design.T @ design + ridge, design.T @ resid)
         return sol[0].float(), sol[1:].float()
