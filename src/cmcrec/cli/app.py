@@ -14,6 +14,7 @@ import typer
 
 from cmcrec.cli.bench import bench_app
 from cmcrec.config import RunContext
+from cmcrec.data.ratings import Split
 from cmcrec.errors import ConfigError
 
 app = typer.Typer(
@@ -190,6 +191,9 @@ def fit_model(
     config = spec.make_config(_config_overrides(config_file, epochs, preset, fields), source="--config")
     data = _load_split(dataset, split, data_dir, seed)
     train = _subsample(data.train, max_train_ratings, seed)
+    if train is not data.train:
+        # The model's training data is the sample: evaluation excludes (and counts as seen) only those ratings.
+        data = Split(train, data.test, name=f"{data.name}[{len(train)}]")
     checkpoint_dir = None if out is None else out.with_name(out.name + ".checkpoint")
 
     def log(r):
@@ -318,9 +322,11 @@ def evaluate(
         data = _load_split(dataset, split, data_dir, seed)
         if data.train.users != rec.users or data.train.items != rec.items:
             raise ConfigError(f"--model {model}: its vocabularies do not match --dataset {dataset} --split {split}")
+        # Score against what the model was trained on (it may be a --max-train-ratings sample).
+        data = Split(rec.train, data.test, name=data.name)
         model_name = rec.model_name
     else:
-        rec, data, _ = fit_model(
+        rec, data, context = fit_model(
             model,
             dataset,
             split,
@@ -336,9 +342,17 @@ def evaluate(
             False,
             quiet=as_json,
         )
+        if not context.is_main:  # under torchrun only rank 0 evaluates and prints
+            from cmcrec.training.distributed import shutdown
+
+            shutdown()
+            return
         model_name = model
     result = {"model": model_name, "dataset": data.name} | evaluate_recommender(rec, data, ks, candidates or None)
     _emit(result, as_json, _format_metrics(result))
+    from cmcrec.training.distributed import shutdown
+
+    shutdown()
 
 
 def _parse_ratings_flag(text: str) -> dict[str, float]:

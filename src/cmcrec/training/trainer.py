@@ -197,10 +197,22 @@ class Trainer:
         }
 
     def save_checkpoint(self, epoch: int) -> None:
-        if self.checkpoint_dir is None or not self.context.is_main:
+        if self.checkpoint_dir is None:
             return
-        with atomic_directory(self.checkpoint_dir) as tmp:
-            save_state(tmp, "state", self._checkpoint_state(epoch))
+        ctx = self.context
+        # Under DDP every rank joins the gather (each keeps its own dropout stream); rank 0 writes.
+        rng_ranks = (
+            dist_utils.all_gather_tensors(torch.get_rng_state(), self.device, ctx) if ctx.world_size > 1 else None
+        )
+        if ctx.is_main:
+            state = self._checkpoint_state(epoch)
+            if rng_ranks is not None:
+                state["torch_rng_ranks"] = rng_ranks
+            with atomic_directory(self.checkpoint_dir) as tmp:
+                save_state(tmp, "state", state)
+        if ctx.world_size > 1:
+            # No rank runs ahead of a checkpoint that is still being written.
+            dist_utils.barrier(self.device)
 
     def load_checkpoint(self, directory: str | Path) -> None:
         """Restore model, optimiser, schedule, history and RNG to continue after a saved epoch."""
@@ -215,8 +227,18 @@ class Trainer:
         self.best_epoch = state["best_epoch"]
         self.best_valid_rmse = state["best_valid_rmse"]
         self.history = [EpochRecord(**h) for h in state["history"]]
-        torch.set_rng_state(state["torch_rng"])
         self.start_epoch = state["epoch"] + 1
+        ctx = self.context
+        rng_ranks = state.get("torch_rng_ranks")
+        if ctx.world_size == 1:
+            torch.set_rng_state(state["torch_rng"])
+        elif rng_ranks is not None and len(rng_ranks) == ctx.world_size:
+            torch.set_rng_state(rng_ranks[ctx.rank])
+        elif ctx.is_main:
+            torch.set_rng_state(state["torch_rng"])
+        else:
+            # Written by a different number of processes: the other ranks start fresh, distinct streams.
+            torch.manual_seed(dist_utils.rank_seed(ctx.seed, self.start_epoch, ctx.rank))
 
     # -- the loop --------------------------------------------------------------------------------------
 

@@ -1,0 +1,139 @@
+"""A worker ``tests/test_distributed.py`` runs under ``torchrun`` (gloo, CPU).
+
+One launch does everything the test needs from a process group, so the
+start-up cost (interpreters, rendezvous) is paid once per model:
+
+1. trains ``--epochs`` epochs with a checkpoint, then gathers every rank's flat
+   parameter vector (rank 0 checks they are bit-identical);
+2. evaluates the trained weights on the validation and test rows with the
+   distributed :meth:`Trainer.evaluate` (all-reduced sums and counts) and, on
+   rank 0, single-process on the same rows;
+3. resumes a copy of its own checkpoint for one more epoch and trains the same
+   ``--epochs + 1`` epochs straight, to compare (N → N resume);
+4. with ``--resume-from``, resumes a checkpoint a single process wrote (1 → N).
+
+Rank 0 writes ``WORKDIR/result.json``; other ranks write nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synthetic import low_rank_split  # noqa: E402
+
+from cmcrec.config import RunContext  # noqa: E402
+from cmcrec.data.splits import validation_split  # noqa: E402
+from cmcrec.graph.csr import RatingGraph  # noqa: E402
+from cmcrec.models.registry import get_model  # noqa: E402
+from cmcrec.recommender import Recommender  # noqa: E402
+from cmcrec.training import distributed as dist_utils  # noqa: E402
+from cmcrec.training.batching import make_batcher  # noqa: E402
+from cmcrec.training.trainer import Trainer, predict_rows  # noqa: E402
+
+DATA_SEED = 1
+CPU = torch.device("cpu")
+
+
+def _identical_across_ranks(module: torch.nn.Module, ctx: RunContext) -> tuple[bool, float]:
+    """(bit-identical?, largest absolute difference to rank 0) over every rank's flat parameters."""
+    flats = dist_utils.all_gather_tensors(dist_utils.flat_parameters(module), CPU, ctx)
+    same = all(torch.equal(flats[0], f) for f in flats[1:])
+    diff = max((float((flats[0] - f).abs().max()) for f in flats[1:]), default=0.0)
+    return same, diff
+
+
+def _copy_checkpoint(src: Path, dst: Path, ctx: RunContext) -> Path:
+    if ctx.is_main:
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+    dist_utils.barrier()
+    return dst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--config", default="{}", help="JSON config overrides")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--resume-from", type=Path, default=None, help="a checkpoint written by one process")
+    args = parser.parse_args()
+
+    ctx = dist_utils.init_from_env(RunContext(device="cpu", seed=0, progress=False))
+    split = low_rank_split(seed=DATA_SEED)
+    spec = get_model(args.model)
+    overrides = json.loads(args.config) | {"patience": None}
+    config = spec.make_config(overrides | {"epochs": args.epochs})
+    out: dict = {"world_size": ctx.world_size}
+
+    # 1. Train with a checkpoint; the ranks must hold the same weights.
+    ckpt = args.workdir / "ddp_ckpt"
+    rec = Recommender.fit(args.model, split.train, config, ctx, checkpoint_dir=ckpt)
+    out["history"] = rec.training["history"]
+    out["best_valid_rmse"] = rec.training["best_valid_rmse"]
+    out["params_identical"], out["params_max_diff"] = _identical_across_ranks(rec.module, ctx)
+    out["num_parameters"] = sum(p.numel() for p in rec.module.parameters())
+
+    # 2. Distributed evaluation of these weights == single-process evaluation on the same rows.
+    fit_part, valid = validation_split(split.train, config.valid_fraction, np.random.default_rng([ctx.seed, 101]))
+    batcher = make_batcher(
+        rec.module.batch_kind, config, RatingGraph.from_ratings(fit_part), train=False, seed=ctx.seed
+    )
+    evaluator = Trainer(rec.module, config, ctx)
+    odd = split.test.subset(np.arange(len(split.test) - 1 + len(split.test) % 2))  # uneven shares
+    one = split.test.subset(np.arange(1))  # fewer rows than ranks: rank 1's share is empty
+    for name, rows in (("valid", valid), ("test", split.test), ("odd", odd), ("one", one)):
+        rmse, _ = evaluator.evaluate(rows, batcher)
+        out[f"{name}_rmse_distributed"] = rmse
+        out[f"{name}_rows"] = len(rows)
+        if ctx.is_main:
+            pred = predict_rows(rec.module, batcher, rows.user, rows.item, batch_size=7, device=CPU)
+            out[f"{name}_rmse_single"] = math.sqrt(float(np.mean((pred.astype(np.float64) - rows.rating) ** 2)))
+
+    # 3. N → N resume: one more epoch after the checkpoint equals training that many epochs straight.
+    longer = config.replace(epochs=args.epochs + 1)
+    resumed = Recommender.fit(
+        args.model,
+        split.train,
+        longer,
+        ctx,
+        checkpoint_dir=_copy_checkpoint(ckpt, args.workdir / "ddp_ckpt_resumed", ctx),
+        resume=True,
+    )
+    straight = Recommender.fit(args.model, split.train, longer, ctx)
+    out["resume_history"] = resumed.training["history"]
+    out["straight_history"] = straight.training["history"]
+    out["resume_params_identical"], _ = _identical_across_ranks(resumed.module, ctx)
+    a, b = dist_utils.flat_parameters(resumed.module), dist_utils.flat_parameters(straight.module)
+    out["resume_vs_straight_max_diff"] = float((a - b).abs().max())
+
+    # 4. 1 → N resume.
+    if args.resume_from is not None:
+        from_single = Recommender.fit(
+            args.model,
+            split.train,
+            longer,
+            ctx,
+            checkpoint_dir=_copy_checkpoint(args.resume_from, args.workdir / "from_single", ctx),
+            resume=True,
+        )
+        out["from_single_history"] = from_single.training["history"]
+        out["from_single_params_identical"], _ = _identical_across_ranks(from_single.module, ctx)
+
+    if ctx.is_main:
+        (args.workdir / "result.json").write_text(json.dumps(out))
+    dist_utils.shutdown()
+
+
+if __name__ == "__main__":
+    main()
