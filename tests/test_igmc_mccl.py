@@ -25,6 +25,7 @@ GRAPHS = [
 
 
 def make_batch(graphs) -> SubgraphBatch:
+    """Stack hand-drawn graphs in the extract_subgraphs layout (edge e + E/2 is edge e reversed)."""
     labels, src, dst, typ, node_graph, user_pos, item_pos, y = [], [], [], [], [], [], [], []
     offset = 0
     for g, spec in enumerate(graphs):
@@ -32,18 +33,18 @@ def make_batch(graphs) -> SubgraphBatch:
         # node ids: target user 0, target item 1, users 2..nu, items nu+1..
         labels += [0, 1] + [2] * (nu - 1) + [3] * (ni - 1)
         for u, i, t in spec["ratings"]:
-            src += [u + offset, i + offset]
-            dst += [i + offset, u + offset]
-            typ += [t, t]
+            src.append(u + offset)
+            dst.append(i + offset)
+            typ.append(t)
         node_graph += [g] * (nu + ni)
         user_pos.append(offset)
         item_pos.append(offset + 1)
         y.append(spec["y"])
         offset += nu + ni
-    edge_type = torch.tensor(typ)
+    edge_type = torch.tensor(typ + typ)
     return SubgraphBatch(
         node_label=torch.tensor(labels),
-        edge_index=torch.tensor([src, dst]),
+        edge_index=torch.tensor([src + dst, dst + src]),
         edge_type=edge_type,
         edge_value=edge_type.float() / (R - 1),
         node_graph=torch.tensor(node_graph),
@@ -185,3 +186,34 @@ def test_registry_builds_models():
         model = spec.build(spec.make_config(SMALL), data)
         assert model.batch_kind == "subgraph"
         assert model(make_batch(GRAPHS)).prediction.shape == (3,)
+
+
+def test_edge_reconstruction_exact_and_sampled_unbiased():
+    from cmcrec.models.mccl import edge_reconstruction
+
+    batch = make_batch(GRAPHS)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(batch.num_nodes, 4, generator=g, dtype=torch.float64)
+    src, dst = batch.edge_index
+    # The old term: every directed edge, both directions.
+    full = ((torch.sigmoid((z[src] * z[dst]).sum(-1)) - batch.edge_value.double()) ** 2).mean()
+    torch.testing.assert_close(edge_reconstruction(z, batch.edge_index, batch.edge_value, None), full)
+    torch.testing.assert_close(edge_reconstruction(z, batch.edge_index, batch.edge_value, 100), full)
+    # A sample of 3 of the 13 ratings: unbiased, so the mean over many draws approaches the exact term.
+    draws = torch.stack(
+        [
+            edge_reconstruction(z, batch.edge_index, batch.edge_value, 3, torch.Generator().manual_seed(s))
+            for s in range(4000)
+        ]
+    )
+    assert draws.std() > 0
+    assert abs(draws.mean() - full) < 4 * draws.std() / 4000**0.5
+
+
+def test_mccl_full_recon_option():
+    model = build("view2", recon_edges=None)
+    model.train()
+    _, parts = model.loss(make_batch(GRAPHS), model(make_batch(GRAPHS)))
+    assert parts["recon"] >= 0
+    with pytest.raises(ConfigError, match="recon_edges"):
+        MCCLConfig(recon_edges=0)

@@ -124,6 +124,13 @@ class MCCLConfig(SubgraphModelConfig):
             When it differs from view 1's width, a linear projection maps view
             1's target representations to it for InfoNCE.
         scorer_hidden: hidden width of view 1's edge-scorer MLPs. 16.
+        recon_edges: ratings per batch over which view 2's reconstruction term
+            is averaged: a uniform random sample (with replacement), so the
+            term is an unbiased estimate of the mean over all the batch's
+            ratings; ``None`` computes that mean exactly (also what happens when
+            a batch has no more ratings than this). 4096 (the term is light,
+            weight ``gamma_recon``, and the exact one costs two latent
+            gathers per rating).
     """
 
     tau: float = 0.5
@@ -136,6 +143,7 @@ class MCCLConfig(SubgraphModelConfig):
     embedding_l2: float = 0.0
     latent_channels: int = 64
     scorer_hidden: int = 16
+    recon_edges: int | None = 4096
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -146,6 +154,7 @@ class MCCLConfig(SubgraphModelConfig):
         _require(self.embedding_l2 >= 0, "embedding_l2", self.embedding_l2, ">= 0")
         _require(self.latent_channels >= 1, "latent_channels", self.latent_channels, ">= 1")
         _require(self.scorer_hidden >= 1, "scorer_hidden", self.scorer_hidden, ">= 1")
+        _require(_optional_cap(self.recon_edges), "recon_edges", self.recon_edges, ">= 1 or null")
         if not (self.use_view1 or self.use_view2):
             raise ConfigError("use_view1 and use_view2 are both false: at least one view must be on")
         if self.use_infonce and not (self.use_view1 and self.use_view2):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from cmcrec.graph.batch import SubgraphBatch
 from cmcrec.models.base import ModelOutput, RatingModel
 from cmcrec.models.configs import IGMCConfig
-from cmcrec.models.layers import RelationalGraph, RGCNStack, dropout_edges_undirected, mlp_head, target_readout
+from cmcrec.models.layers import RelationalGraph, RGCNStack, mlp_head
 
 __all__ = ["IGMC"]
 
@@ -31,7 +31,10 @@ class IGMC(RatingModel):
     rating regularisation; relation ``r`` is the ``r``-th rating level).
 
     Edge dropout (``config.edge_dropout``) drops undirected edges, both
-    directions together, at training time only. Unlike the paper's head, the
+    directions together, at training time only (on the sorted operator, see
+    :meth:`RelationalGraph.dropout_undirected`). The batch must use the
+    :func:`~cmcrec.graph.subgraph.extract_subgraphs` edge layout (edge
+    ``e + E/2`` is edge ``e`` reversed). Unlike the paper's head, the
     output is squashed into the rating range (``RatingModel.to_scale``).
 
     Args:
@@ -68,13 +71,14 @@ class IGMC(RatingModel):
 
     def forward(self, batch: SubgraphBatch) -> ModelOutput:
         edge_index, edge_type = batch.edge_index, batch.edge_type
+        graph = RelationalGraph.build(edge_index, edge_type, batch.num_nodes, self.num_relations, paired=True)
         if self.training and self.config.edge_dropout > 0:
-            edge_index, edge_type = dropout_edges_undirected(edge_index, self.config.edge_dropout, edge_type)
-        n = batch.num_nodes
-        graph = RelationalGraph.build(edge_index, edge_type, n, self.num_relations)
+            graph = graph.dropout_undirected(self.config.edge_dropout)
         x = F.one_hot(batch.node_label, self.num_labels).to(torch.float32)  # (N, L)
-        h = self.encoder(x, edge_index, edge_type, graph)  # (N, layers * C)
-        rep = target_readout(h, batch.user_pos, batch.item_pos)  # (B, 2 * layers * C)
+        targets = torch.cat([batch.user_pos, batch.item_pos])  # (2B,)
+        h = self.encoder(x, edge_index, edge_type, graph, nodes=targets)  # (2B, layers * C)
+        b = batch.num_targets
+        rep = torch.cat([h[:b], h[b:]], dim=-1)  # (B, 2 * layers * C): [h_user ‖ h_item]
         return ModelOutput(prediction=self.to_scale(self.head(rep).squeeze(-1)))
 
     def arr_penalty(self) -> torch.Tensor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +62,10 @@ class RelationalGraph:
     """Sorted sparse operators of one typed graph, built once and shared by a stack of layers.
 
     Build with :meth:`build`. Edge-aligned tensors are in the caller's edge
-    order; the ``*_perm`` tensors say which edge sits at each position of a
-    sorted order.
+    order unless their name ends in ``_sorted``: those are in *key order*, the
+    order of the nonzeros of the aggregation operator ``A`` (edges sorted by
+    ``key``). Per-edge values that feed ``A`` (normalisation times edge
+    weights) are kept in key order so a layer never permutes them.
 
     Attributes:
         num_nodes: ``N``.
@@ -75,11 +77,17 @@ class RelationalGraph:
         key_perm: edges sorted by ``key`` (hence by ``dst``).
         key_crow: ``(N*R + 1,)`` row pointers of the aggregation operator ``A`` ``(N*R, N)``.
         key_col: ``(E,)`` column (source node) of each nonzero of ``A``.
-        src_perm: edges sorted by ``src`` (ties by ``key``).
+        src_perm: edges sorted by ``src``.
         src_crow: ``(N + 1,)`` row pointers of anything whose rows are source nodes.
         src_col: ``(E,)`` ``key`` of each nonzero of ``A^T`` ``(N, N*R)``.
         dst_crow: ``(N + 1,)`` row pointers of the ``(N, E)`` destination-incidence matrix
             (its columns are ``key_perm``).
+        t_perm: ``(E,)`` key-order position of each nonzero of ``A^T`` (of each ``src_perm`` edge).
+        key_sorted: ``(E,)`` ``key`` in key order.
+        dst_sorted: ``(E,)`` ``dst`` in key order.
+        norm_sorted: float32 ``(E,)`` ``norm`` in key order; zero for edges dropped by
+            :meth:`dropout_undirected`.
+        paired: edge ``e + E/2`` is edge ``e`` reversed (see :meth:`build`).
     """
 
     num_nodes: int
@@ -95,10 +103,21 @@ class RelationalGraph:
     src_crow: torch.Tensor
     src_col: torch.Tensor
     dst_crow: torch.Tensor
+    t_perm: torch.Tensor
+    key_sorted: torch.Tensor
+    dst_sorted: torch.Tensor
+    norm_sorted: torch.Tensor
+    paired: bool = False
 
     @classmethod
     def build(
-        cls, edge_index: torch.Tensor, edge_type: torch.Tensor, num_nodes: int, num_relations: int
+        cls,
+        edge_index: torch.Tensor,
+        edge_type: torch.Tensor,
+        num_nodes: int,
+        num_relations: int,
+        *,
+        paired: bool = False,
     ) -> RelationalGraph:
         """Sort the edges of a typed graph into the operators the layers use.
 
@@ -107,6 +126,12 @@ class RelationalGraph:
             edge_type: int64 ``(E,)`` relation of each edge, in ``[0, num_relations)``.
             num_nodes: ``N``.
             num_relations: ``R``.
+            paired: the edges come in reverse pairs laid out in halves: edge
+                ``e + E/2`` is edge ``e`` reversed, with the same type (the
+                :func:`~cmcrec.graph.subgraph.extract_subgraphs` layout). The
+                transpose then follows from the key sort without a second sort,
+                and :meth:`dropout_undirected` is available. Checked; a
+                ``ValueError`` says when the edges are not laid out so.
         """
         src, dst = edge_index[0], edge_index[1]
         num_edges = int(src.numel())
@@ -114,13 +139,36 @@ class RelationalGraph:
         small = max(slots, num_edges) <= _INT32_MAX
         idx = torch.int32 if small else torch.int64
         key = dst * num_relations + edge_type  # (E,)
-        # int32 keys take PyTorch's radix-sort path: ~30x faster than an int64 argsort on CPU.
+        # int32 keys take PyTorch's radix-sort path: ~2-3x faster than an int64 sort on CPU.
         key_perm = torch.sort(key.to(idx), stable=True).indices
-        src_by_key = src[key_perm]
-        order = torch.sort(src_by_key.to(idx), stable=True).indices
-        src_perm = key_perm[order]
+        key_sorted = key.index_select(0, key_perm)
+        src_by_key = src.index_select(0, key_perm)
         key_counts = torch.bincount(key, minlength=slots)
-        norm = 1.0 / key_counts[key].to(torch.float32)
+        dst_counts = key_counts.view(num_nodes, num_relations).sum(1)
+        positions = torch.arange(num_edges, device=src.device)
+        if paired:
+            half = num_edges // 2
+            if num_edges % 2 or not (
+                torch.equal(src[:half], dst[half:])
+                and torch.equal(dst[:half], src[half:])
+                and torch.equal(edge_type[:half], edge_type[half:])
+            ):
+                raise ValueError(
+                    "paired=True needs edge e + E/2 to be edge e reversed with the same type "
+                    f"(the extract_subgraphs layout); got {num_edges} edges that are not laid out so"
+                )
+            # A^T's rows are sources; the reverse of the edge at key position p has source dst_sorted[p],
+            # so the reverses of the key order are already sorted by source.
+            src_perm = torch.remainder(key_perm + half, max(num_edges, 1))
+            inverse = torch.empty_like(key_perm).index_put_((key_perm,), positions.to(key_perm.dtype))
+            t_perm = inverse.index_select(0, src_perm)
+            src_counts = dst_counts
+        else:
+            t_perm = torch.sort(src_by_key.to(idx), stable=True).indices
+            src_perm = key_perm.index_select(0, t_perm)
+            src_counts = torch.bincount(src, minlength=num_nodes)
+        norm_sorted = 1.0 / key_counts.index_select(0, key_sorted).to(torch.float32)
+        norm = torch.empty_like(norm_sorted).index_put_((key_perm,), norm_sorted)
         return cls(
             num_nodes=num_nodes,
             num_relations=num_relations,
@@ -132,18 +180,64 @@ class RelationalGraph:
             key_crow=_crow(key_counts, idx),
             key_col=src_by_key.to(idx),
             src_perm=src_perm,
-            src_crow=_crow(torch.bincount(src, minlength=num_nodes), idx),
-            src_col=key[src_perm].to(idx),
-            dst_crow=_crow(key_counts.view(num_nodes, num_relations).sum(1), idx),
+            src_crow=_crow(src_counts, idx),
+            src_col=key.index_select(0, src_perm).to(idx),
+            dst_crow=_crow(dst_counts, idx),
+            t_perm=t_perm.to(idx),
+            key_sorted=key_sorted,
+            dst_sorted=torch.div(key_sorted, num_relations, rounding_mode="floor"),
+            norm_sorted=norm_sorted,
+            paired=paired,
         )
 
     @property
     def num_edges(self) -> int:
         return int(self.src.numel())
 
+    def dropout_undirected(self, p: float, generator: torch.Generator | None = None) -> RelationalGraph:
+        """The same graph with each undirected edge (both directions together) dropped with probability ``p``.
+
+        Dropping is done on the operator values, without re-sorting: a dropped
+        edge's value becomes 0 and the mean-per-relation counts ``|N_r(i)|``
+        are recounted over the kept edges, which is exactly the operator of the
+        graph with the dropped edges removed. Needs a ``paired`` graph.
+
+        Args:
+            p: drop probability in ``[0, 1)``.
+            generator: random generator; torch's global one when ``None``.
+        """
+        if not self.paired:
+            raise ValueError("dropout_undirected needs a graph built with paired=True")
+        half = self.num_edges // 2
+        keep_half = torch.rand(half, generator=generator, device=self.src.device) >= p
+        keep_sorted = torch.cat([keep_half, keep_half]).index_select(0, self.key_perm)  # (E,)
+        slots = self.num_nodes * self.num_relations
+        counts = torch.bincount(self.key_sorted[keep_sorted], minlength=slots).clamp_(min=1)
+        norm_sorted = keep_sorted.to(torch.float32) / counts.index_select(0, self.key_sorted).to(torch.float32)
+        return replace(self, norm_sorted=norm_sorted)
+
+    def target_rows(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nonzeros of ``A``'s rows for ``nodes`` (all their relations).
+
+        Returns:
+            ``(row, pos)``: int64 ``(E_T,)`` row of each nonzero in the ``(T*R, N)``
+            sub-operator of ``nodes`` and int64 ``(E_T,)`` its key-order position.
+        """
+        r = self.num_relations
+        slot = (nodes.unsqueeze(1) * r + torch.arange(r, device=nodes.device)).reshape(-1)  # (T*R,)
+        start = self.key_crow.index_select(0, slot).long()
+        length = self.key_crow.index_select(0, slot + 1).long() - start
+        row = torch.repeat_interleave(torch.arange(slot.numel(), device=nodes.device), length)
+        first = torch.cumsum(length, 0) - length  # offset of each row's run in the output
+        pos = start.index_select(0, row) + torch.arange(row.numel(), device=nodes.device) - first.index_select(0, row)
+        return row, pos
+
 
 class _Aggregate(torch.autograd.Function):
-    """``out[k] = Σ_{e: key_e = k} value_e · x[src_e]``, i.e. ``A @ x`` with ``A`` ``(N*R, N)``."""
+    """``out[k] = Σ_{e: key_e = k} value_e · x[src_e]``, i.e. ``A @ x`` with ``A`` ``(N*R, N)``.
+
+    ``value`` is in key order (see :class:`RelationalGraph`).
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, value: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
@@ -151,7 +245,7 @@ class _Aggregate(torch.autograd.Function):
         x = x.to(dtype)
         value = value.to(dtype)
         n, r = graph.num_nodes, graph.num_relations
-        a = _csr(graph.key_crow, graph.key_col, value[graph.key_perm], (n * r, n))
+        a = _csr(graph.key_crow, graph.key_col, value, (n * r, n))
         ctx.save_for_backward(x, value)
         ctx.graph = graph
         return a @ x  # (N*R, C)
@@ -162,17 +256,24 @@ class _Aggregate(torch.autograd.Function):
         graph: RelationalGraph = ctx.graph
         grad = grad.contiguous().to(x.dtype)
         grad_x = grad_value = None
+        n, r = graph.num_nodes, graph.num_relations
         if ctx.needs_input_grad[0]:
-            n, r = graph.num_nodes, graph.num_relations
-            at = _csr(graph.src_crow, graph.src_col, value[graph.src_perm], (n, n * r))
+            at = _csr(graph.src_crow, graph.src_col, value.index_select(0, graph.t_perm), (n, n * r))
             grad_x = at @ grad  # (N, C)
         if ctx.needs_input_grad[1]:
             # d loss / d value_e = <grad[key_e], x[src_e]>: (grad @ x^T) sampled at A's pattern, in key order.
-            n, r = graph.num_nodes, graph.num_relations
             pattern = _csr(graph.key_crow, graph.key_col, value.new_zeros(value.numel()), (n * r, n))
-            sampled = torch.sparse.sampled_addmm(pattern, grad, x.T, beta=0.0).values()
-            grad_value = torch.empty_like(value).index_put_((graph.key_perm,), sampled)
+            grad_value = torch.sparse.sampled_addmm(pattern, grad, x.T, beta=0.0).values()
         return grad_x, grad_value, None
+
+
+def _aggregate_rows(x: torch.Tensor, value: torch.Tensor, graph: RelationalGraph, nodes: torch.Tensor):
+    """The rows of ``A @ x`` for ``nodes`` only: ``(T*R, C)``. Plain autograd (few edges)."""
+    row, pos = graph.target_rows(nodes)
+    col = graph.key_col.index_select(0, pos)
+    msg = x.index_select(0, col) * value.index_select(0, pos).to(x.dtype).unsqueeze(1)  # (E_T, C)
+    out = x.new_zeros(nodes.numel() * graph.num_relations, x.shape[1])
+    return out.index_add(0, row, msg)
 
 
 class _Gather(torch.autograd.Function):
@@ -193,6 +294,11 @@ class _Gather(torch.autograd.Function):
         ones = grad.new_ones(col.numel())
         incidence = _csr(crow, col, ones, (ctx.num_nodes, grad.shape[0]))  # (N, E)
         return (incidence @ grad).to(ctx.dtype), None, None, None
+
+
+def _to_edge_order(sorted_values: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
+    """Key-order values back in the caller's edge order (differentiable)."""
+    return torch.zeros_like(sorted_values).index_put((graph.key_perm,), sorted_values)
 
 
 def gather_rows(x: torch.Tensor, graph: RelationalGraph | None, which: str, edge_index=None) -> torch.Tensor:
@@ -299,16 +405,37 @@ class RGCNConv(nn.Module):
         Returns:
             ``(N, C_out)``.
         """
-        n = x.shape[0]
         if graph is None:
-            graph = RelationalGraph.build(edge_index, edge_type, n, self.num_relations)
-        norm = graph.norm.to(_compute_dtype(x))
-        value = norm if edge_weight is None else norm * edge_weight
-        agg = _Aggregate.apply(x, value, graph)  # (N*R, C_in)
+            graph = RelationalGraph.build(edge_index, edge_type, x.shape[0], self.num_relations)
+        value = graph.norm_sorted.to(_compute_dtype(x))
+        if edge_weight is not None:
+            value = value * edge_weight.index_select(0, graph.key_perm)
+        return self.propagate(x, value, graph)
+
+    def propagate(
+        self, x: torch.Tensor, value: torch.Tensor, graph: RelationalGraph, nodes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The convolution with the operator's values given in key order.
+
+        Args:
+            x: ``(N, C_in)`` node features.
+            value: ``(E,)`` ``norm_e * w_e`` in key order (see :class:`RelationalGraph`).
+            graph: the operators.
+            nodes: compute only these nodes' outputs (``(T,)``); all nodes when ``None``.
+
+        Returns:
+            ``(N, C_out)``, or ``(T, C_out)`` with ``nodes``.
+        """
+        if nodes is None:
+            agg = _Aggregate.apply(x, value, graph)  # (N*R, C_in)
+            self_x = x
+        else:
+            agg = _aggregate_rows(x, value, graph, nodes)  # (T*R, C_in)
+            self_x = x.index_select(0, nodes)
         w = self.relation_weight().reshape(self.num_relations * self.in_channels, self.out_channels)
-        out = agg.view(n, self.num_relations * self.in_channels).to(w.dtype) @ w  # (N, C_out)
+        out = agg.view(-1, self.num_relations * self.in_channels).to(w.dtype) @ w  # (N or T, C_out)
         if self.root is not None:
-            out = out + x @ self.root
+            out = out + self_x @ self.root
         if self.bias is not None:
             out = out + self.bias
         return out
@@ -318,6 +445,40 @@ class RGCNConv(nn.Module):
             f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
             f"num_relations={self.num_relations}, num_bases={self.num_bases})"
         )
+
+
+class _EdgeMLP(torch.autograd.Function):
+    """``v · relu(a[src_e] + b[dst_e])`` for every edge, in key order: ``(E,)``.
+
+    One ``(E, H)`` buffer is built in place (gather, add, relu) and kept for the
+    backward; the backward's scatters to ``a`` and ``b`` are CSR products with
+    the graph's pre-sorted incidence matrices instead of ``index_add_``.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, v: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
+        hid = a.index_select(0, graph.key_col)  # (E, H)
+        hid += b.index_select(0, graph.dst_sorted)
+        hid.relu_()
+        ctx.save_for_backward(hid, v)
+        ctx.graph = graph
+        ctx.num_nodes = a.shape[0]
+        return hid @ v
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        hid, v = ctx.saved_tensors
+        graph: RelationalGraph = ctx.graph
+        dtype = _compute_dtype(hid)
+        grad = grad.contiguous().to(dtype)
+        grad_v = hid.T @ grad  # (H,)
+        # d/d pre = 1[pre > 0] · grad_e · v: ReLU's own backward kernel, reading the saved output.
+        grad_pre = torch.ops.aten.threshold_backward(torch.outer(grad, v.to(dtype)), hid, 0)  # (E, H)
+        n, e = ctx.num_nodes, hid.shape[0]
+        ones = grad.new_ones(e)
+        by_src = _csr(graph.src_crow, graph.t_perm, ones, (n, e))  # (N, E): rows sources, cols key order
+        by_dst = _csr(graph.dst_crow, torch.arange(e, dtype=graph.dst_crow.dtype), ones, (n, e))
+        return by_src @ grad_pre, by_dst @ grad_pre, grad_v, None
 
 
 class EdgeScorer(nn.Module):
@@ -353,10 +514,35 @@ class EdgeScorer(nn.Module):
         self.lin_out.reset_parameters()
 
     def score(self, x: torch.Tensor, edge_index: torch.Tensor, graph: RelationalGraph | None = None) -> torch.Tensor:
-        """Raw scores in ``(0, 1)``: ``(E,)``."""
-        hs = gather_rows(self.lin_src(x), graph, "src", edge_index)  # (E, H)
-        hd = gather_rows(self.lin_dst(x), graph, "dst", edge_index)  # (E, H)
+        """Raw scores in ``(0, 1)``: ``(E,)``, in edge order."""
+        if graph is not None:
+            return _to_edge_order(self.score_sorted(x, graph), graph)
+        hs = self.lin_src(x).index_select(0, edge_index[0])  # (E, H)
+        hd = self.lin_dst(x).index_select(0, edge_index[1])  # (E, H)
         return torch.sigmoid(self.lin_out(torch.relu(hs + hd)).squeeze(-1))
+
+    def score_sorted(self, x: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
+        """Raw scores in ``(0, 1)`` in key order (see :class:`RelationalGraph`): ``(E,)``."""
+        logit = _EdgeMLP.apply(self.lin_src(x), self.lin_dst(x), self.lin_out.weight.view(-1), graph)
+        return torch.sigmoid(logit + self.lin_out.bias)
+
+    def weights_sorted(
+        self, x: torch.Tensor, graph: RelationalGraph, edge_graph: torch.Tensor, edge_count: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores rescaled to mean 1 within each subgraph, in key order.
+
+        Args:
+            x: ``(N, C)`` node representations.
+            graph: the batch's operators.
+            edge_graph: int64 ``(E,)`` subgraph of each edge, in key order.
+            edge_count: ``(B,)`` edges per subgraph (as ``x``'s dtype, at least 1).
+
+        Returns:
+            ``(E,)`` positive weights in key order.
+        """
+        s = self.score_sorted(x, graph)
+        total = s.new_zeros(edge_count.numel()).index_add(0, edge_graph, s)  # (B,)
+        return s * (edge_count / total).index_select(0, edge_graph)
 
     def forward(
         self,
@@ -373,12 +559,16 @@ class EdgeScorer(nn.Module):
             edge_index: int64 ``(2, E)``.
             node_graph: int64 ``(N,)`` subgraph of each node.
             num_graphs: ``B``.
-            graph: optional prebuilt :class:`RelationalGraph` (faster backward).
+            graph: optional prebuilt :class:`RelationalGraph` (faster).
 
         Returns:
-            ``(E,)`` positive weights.
+            ``(E,)`` positive weights, in edge order.
         """
-        s = self.score(x, edge_index, graph)
+        if graph is not None:
+            edge_graph = node_graph.index_select(0, graph.dst_sorted)
+            count = torch.bincount(edge_graph, minlength=num_graphs).clamp_(min=1).to(x.dtype)
+            return _to_edge_order(self.weights_sorted(x, graph, edge_graph, count), graph)
+        s = self.score(x, edge_index)
         edge_graph = node_graph[edge_index[0]]  # (E,)
         total = s.new_zeros(num_graphs).index_add(0, edge_graph, s)
         count = torch.bincount(edge_graph, minlength=num_graphs).clamp_(min=1).to(s.dtype)
@@ -438,18 +628,32 @@ class RGCNStack(nn.Module):
         graph: RelationalGraph,
         node_graph: torch.Tensor | None = None,
         num_graphs: int | None = None,
+        nodes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Node representations ``(N, L * hidden_channels)``.
+        """Node representations ``(N, L * hidden_channels)``, or ``(T, L * hidden_channels)`` of ``nodes``.
 
         ``node_graph`` and ``num_graphs`` are needed only with edge scorers.
+        With ``nodes`` (e.g. the target users and items, ``(T,)``) only those
+        nodes' representations are returned, and the last layer is computed
+        for them alone: every other node's last-layer output would be
+        discarded, so the result equals the rows of the full computation.
         """
+        value = graph.norm_sorted.to(_compute_dtype(x))  # (E,) key order
+        norm = value
+        if self.scorers is not None:
+            edge_graph = node_graph.index_select(0, graph.dst_sorted)  # (E,) key order
+            count = torch.bincount(edge_graph, minlength=num_graphs).clamp_(min=1).to(value.dtype)  # (B,)
         outs = []
-        weight = None
+        last = len(self.convs) - 1
         for k, conv in enumerate(self.convs):
-            x = torch.tanh(conv(x, edge_index, edge_type, weight, graph=graph))  # (N, C)
+            if k == last and nodes is not None:
+                outs = [o.index_select(0, nodes) for o in outs]
+                outs.append(torch.tanh(conv.propagate(x, value, graph, nodes)))  # (T, C)
+                break
+            x = torch.tanh(conv.propagate(x, value, graph))  # (N, C)
             outs.append(x)
             if self.scorers is not None and k < len(self.scorers):
-                weight = self.scorers[k](x, edge_index, node_graph, num_graphs, graph)
+                value = norm * self.scorers[k].weights_sorted(x, graph, edge_graph, count)
         return torch.cat(outs, dim=-1)
 
 
