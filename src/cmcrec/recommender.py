@@ -92,6 +92,7 @@ class Recommender:
         self.data = data or DataSpec.from_ratings(train)
         self._graph = None
         self._candidates: ItemKNNCandidates | None = None
+        self._batcher = None
         self._seen = train.csr()
 
     # -- construction ----------------------------------------------------------------------------------
@@ -201,8 +202,13 @@ class Recommender:
     def predict_indices(
         self, users: np.ndarray, items: np.ndarray, graph=None, batch_size: int = 512, num_workers: int = 0
     ) -> np.ndarray:
-        """Predicted ratings ``(n,)`` for index pairs."""
-        batcher = make_batcher(self.module.batch_kind, self.config, graph or self.graph, train=False, seed=0)
+        """Predicted ratings ``(n,)`` for index pairs (``graph``: score in this graph instead of the training one)."""
+        if graph is None:
+            if self._batcher is None:  # built once; evaluation batchers are stateless
+                self._batcher = make_batcher(self.module.batch_kind, self.config, self.graph, train=False, seed=0)
+            batcher = self._batcher
+        else:
+            batcher = make_batcher(self.module.batch_kind, self.config, graph, train=False, seed=0)
         return predict_rows(
             self.module,
             batcher,
@@ -222,6 +228,9 @@ class Recommender:
     def _seen_items(self, u: int) -> np.ndarray:
         return self._seen.indices[self._seen.indptr[u] : self._seen.indptr[u + 1]]
 
+    def _seen_ratings(self, u: int) -> np.ndarray:
+        return self._seen.data[self._seen.indptr[u] : self._seen.indptr[u + 1]]
+
     def rank(self, users: np.ndarray, k: int, candidates: int | None = DEFAULT_CANDIDATES) -> np.ndarray:
         """Top-``k`` unseen item indices ``(len(users), k)`` (−1 padded) — the evaluation harness's Ranker.
 
@@ -230,47 +239,87 @@ class Recommender:
         whole catalogue when ``candidates`` is ``None``.
         """
         users = np.asarray(users, dtype=np.int64)
-        out = np.full((len(users), k), -1, dtype=np.int64)
-        score_all = getattr(self.module, "score_all", None)
-        if score_all is not None:
-            with torch.no_grad():
-                s = score_all(torch.as_tensor(users, device=self.device)).float().cpu().numpy()
-            for row, u in enumerate(users):
-                s[row, self._seen_items(u)] = -np.inf
-            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-            valid = np.take_along_axis(s, top, axis=1) > -np.inf
-            out[:, : top.shape[1]] = np.where(valid, top, -1)
-            return out
         hist = [self._seen_items(u) for u in users]
-        rats = [self._seen.data[self._seen.indptr[u] : self._seen.indptr[u + 1]] for u in users]
-        if candidates is None:
-            cand = np.tile(np.arange(self.data.num_items), (len(users), 1))
-            for row, h in enumerate(hist):
-                cand[row, h] = -1
+        return self._top_k(users, k, candidates, hist, [self._seen_ratings(u) for u in users], hist)[0]
+
+    def _top_k(
+        self,
+        users: np.ndarray,
+        k: int,
+        candidates: int | None,
+        hist: list[np.ndarray],
+        rats: list[np.ndarray],
+        exclude: list[np.ndarray],
+        graph=None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items and their scores, each ``(U, k)``, from one scoring pass.
+
+        Args:
+            users: ``(U,)`` user indices (in ``graph`` when given).
+            k: list length.
+            candidates: items the generator proposes per user; ``None`` scores every item.
+            hist, rats: each user's rated items and ratings (what the generator works from).
+            exclude: items never to return, per user.
+            graph: the graph subgraph models score in (default the training graph).
+
+        Returns:
+            ``(items, scores)``: items ``-1`` and scores ``-inf`` where fewer than ``k`` remain.
+            Scores are predicted ratings, clipped to the rating scale.
+        """
+        num_users = len(users)
+        score_all = getattr(self.module, "score_all", None) if graph is None else None
+        if score_all is not None or candidates is None:
+            # A full-catalogue matrix: column j is item j.
+            if score_all is not None:
+                with torch.no_grad():
+                    s = score_all(torch.as_tensor(users, device=self.device)).float().cpu().numpy()
+            else:
+                s = self.predict_indices(
+                    np.repeat(users, self.data.num_items), np.tile(np.arange(self.data.num_items), num_users), graph
+                ).reshape(num_users, self.data.num_items)
+            for row, ex in enumerate(exclude):
+                s[row, ex] = -np.inf
+            cand = np.broadcast_to(np.arange(self.data.num_items), s.shape)
         else:
-            cand = self.candidate_generator.candidates(hist, rats, candidates)
-        rows, cols = np.nonzero(cand >= 0)
-        pred = np.full(cand.shape, -np.inf)
-        pred[rows, cols] = self.predict_indices(users[rows], cand[rows, cols])
-        order = np.argsort(-pred, axis=1, kind="stable")[:, :k]
-        top = np.take_along_axis(cand, order, axis=1)
-        top[np.take_along_axis(pred, order, axis=1) == -np.inf] = -1
-        out[:, : top.shape[1]] = top
-        return out
+            # The generator proposes unrated items; rated ones that may be returned
+            # (recommend(exclude_seen=False)) are appended and compete with them.
+            never = [np.union1d(h, e) for h, e in zip(hist, exclude, strict=True)]
+            cand = self.candidate_generator.candidates(hist, rats, candidates, exclude=never)
+            extra = [np.setdiff1d(h, e) for h, e in zip(hist, exclude, strict=True)]
+            width = max((len(x) for x in extra), default=0)
+            if width:
+                pad = np.full((num_users, width), -1, np.int64)
+                for row, x in enumerate(extra):
+                    pad[row, : len(x)] = x
+                cand = np.concatenate([cand, pad], axis=1)
+            s = np.full(cand.shape, -np.inf, np.float32)
+            rows, cols = np.nonzero(cand >= 0)
+            # Every candidate of every user in one predict call.
+            s[rows, cols] = self.predict_indices(users[rows], cand[rows, cols], graph)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        top, top_s = np.take_along_axis(cand, order, axis=1), np.take_along_axis(s, order, axis=1)
+        valid = top_s > -np.inf
+        items = np.full((num_users, k), -1, np.int64)
+        scores = np.full((num_users, k), -np.inf, np.float32)
+        items[:, : order.shape[1]] = np.where(valid, top, -1)
+        scale = self.train.scale  # score_all is unclamped; predictions are on the scale already
+        scores[:, : order.shape[1]] = np.where(valid, np.clip(top_s, scale.minimum, scale.maximum), -np.inf)
+        return items, scores
 
     def recommend(
         self, user: object, k: int = 10, exclude_seen: bool = True, candidates: int | None = DEFAULT_CANDIDATES
     ) -> list[Recommendation]:
-        """Top-``k`` items for a training user, best first."""
+        """Top-``k`` items for a training user, best first.
+
+        With ``exclude_seen=False`` the user's rated items compete too (subgraph
+        models score the generator's candidates plus the rated items).
+        """
         u = self.users.index(user)
-        if exclude_seen:
-            top = self.rank(np.array([u]), k, candidates)[0]
-            top = top[top >= 0]
-        else:
-            top = np.arange(self.data.num_items)
-        scores = self.predict_indices(np.full(len(top), u, np.int64), top)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return self._recommendations(top[order], scores[order])
+        hist, rats = self._seen_items(u), self._seen_ratings(u)
+        exclude = hist if exclude_seen else np.zeros(0, np.int64)
+        top, scores = self._top_k(np.array([u]), k, candidates, [hist], [rats], [exclude])
+        keep = top[0] >= 0
+        return self._recommendations(top[0][keep], scores[0][keep])
 
     def _parse_new_ratings(self, ratings: Mapping[object, float]) -> tuple[np.ndarray, np.ndarray]:
         if not ratings:
@@ -311,14 +360,9 @@ class Recommender:
         graph, u_new = self.graph.with_new_user(
             idx, self.train.scale.relation_type(vals), self.train.scale.normalize(vals).astype(np.float32)
         )
-        if candidates is None:
-            cand = np.setdiff1d(np.arange(self.data.num_items), idx)
-        else:
-            cand = self.candidate_generator.candidates([idx], [vals], candidates)[0]
-            cand = cand[cand >= 0]
-        scores = self.predict_indices(np.full(len(cand), u_new, np.int64), cand, graph=graph)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return self._recommendations(cand[order], scores[order])
+        top, scores = self._top_k(np.array([u_new]), k, candidates, [idx], [vals], [idx], graph=graph)
+        keep = top[0] >= 0
+        return self._recommendations(top[0][keep], scores[0][keep])
 
     # -- persistence -----------------------------------------------------------------------------------
 
