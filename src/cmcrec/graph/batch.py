@@ -64,7 +64,9 @@ class SubgraphBatch(_TensorBatch):
             0 target user, 1 target item, 2 neighbour user, 3 neighbour item;
             for ``h`` hops, users at hop ``k`` get ``2k`` and items ``2k+1``.
         edge_index: int64 ``(2, E)`` (source, destination) node ids; every
-            rating appears in both directions. The target edge is absent.
+            rating appears in both directions, in a fixed layout the models
+            rely on: the first ``E/2`` edges are the ratings as user → item,
+            and edge ``e + E/2`` is edge ``e`` reversed. The target edge is absent.
         edge_type: int64 ``(E,)`` relation type (rating level index).
         edge_value: float32 ``(E,)`` the edge's rating normalised to ``[0, 1]``.
         node_graph: int64 ``(N,)`` graph index of each node (PyG's ``batch``).
