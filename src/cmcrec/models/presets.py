@@ -1,7 +1,8 @@
 """Named config presets: what a laptop user or a paper reproduction should start from.
 
-A preset is a set of config overrides; fields a model's config does not have are
-ignored, so ``--preset cpu`` means the same thing for every model.
+A preset is a set of config overrides for the subgraph models (IGMC, MCCL and
+its ablations): the budget they trade is subgraph size and epochs. Id-based
+models (MF, bias) train in seconds and keep their own defaults under any preset.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset_overrides(name: str, fields: set[str] | None = None) -> dict[str, Any]:
-    """Overrides of preset ``name``, restricted to ``fields`` when given."""
+    """Overrides of preset ``name`` for a config with ``fields``: none for configs
+    without subgraph settings (``max_nodes_per_hop``)."""
     if name not in PRESETS:
         raise ConfigError(f"--preset: unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    if fields is not None and "max_nodes_per_hop" not in fields:
+        return {}
     return {k: v for k, v in PRESETS[name].items() if fields is None or k in fields}
