@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cmcrec.benchmarks.common import command_line, load_results, machine, now, write_results
+from cmcrec.benchmarks.common import command_line, fit_or_load, load_results, machine, now, write_results
 from cmcrec.config import RunContext
 from cmcrec.evaluation.metrics import mae, rmse
 from cmcrec.models.presets import preset_overrides
@@ -72,11 +72,14 @@ def run_accuracy(
     epochs: int | None = None,
     device: str = "auto",
     num_workers: int = 0,
+    models_dir: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train and score every (dataset, model, seed); returns the results payload written to ``out``."""
+    """Train and score every (dataset, model, seed); returns the results payload written to ``out``.
+
+    With ``models_dir``, each trained model is saved there (and reused by other studies).
+    """
     from cmcrec.data.datasets import load_split
-    from cmcrec.recommender import Recommender
 
     payload = load_results(out)
     runs: list[dict[str, Any]] = payload.get("runs", [])
@@ -90,11 +93,9 @@ def run_accuracy(
                 if (dataset, model, seed, preset) in done:
                     continue
                 t0 = time.perf_counter()
-                rec = Recommender.fit(
-                    model,
-                    split.train,
-                    config,
-                    RunContext(device=device, seed=seed, num_workers=num_workers, progress=False),
+                context = RunContext(device=device, seed=seed, num_workers=num_workers, progress=False)
+                rec = fit_or_load(
+                    model, split.train, config, context, models_dir, f"{split.name.replace('/', '-')}-{model}-s{seed}"
                 )
                 pred = rec.predict_indices(split.test.user, split.test.item, num_workers=num_workers)
                 run = {

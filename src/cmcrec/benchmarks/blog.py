@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from cmcrec.benchmarks.accuracy import model_config
-from cmcrec.benchmarks.common import command_line, load_results, machine, now, write_results
+from cmcrec.benchmarks.common import command_line, fit_or_load, load_results, machine, now, write_results
 from cmcrec.benchmarks.robustness import RecommenderRanker, candidates_used
 from cmcrec.config import RunContext
 from cmcrec.data.ratings import Split
@@ -134,6 +134,7 @@ def run_blog(
     max_train_ratings: int | None = None,
     device: str = "auto",
     num_workers: int = 0,
+    models_dir: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Fit and score every (model, seed) on ``split``; writes ``out`` (and ``popularity_out``) after each run.
@@ -148,7 +149,6 @@ def run_blog(
         preset, epochs, extra: see :func:`~cmcrec.benchmarks.accuracy.model_config`.
     """
     from cmcrec.evaluation.protocols import PopularityRanker, evaluate_full_ranking, evaluate_ratings
-    from cmcrec.recommender import Recommender
 
     check_models(models)
     train, test = split.train, split.test
@@ -178,8 +178,9 @@ def run_blog(
                 accuracy: dict[str, Any] = {"rmse": None, "mae": None}
                 run |= {"candidates": "all", "config": None}
             else:
-                rec = Recommender.fit(
-                    model, train, config, RunContext(device=device, seed=seed, num_workers=num_workers, progress=False)
+                context = RunContext(device=device, seed=seed, num_workers=num_workers, progress=False)
+                rec = fit_or_load(
+                    model, train, config, context, models_dir, f"{split.name.replace('/', '-')}-{model}-s{seed}"
                 )
                 ranker = _RecordingRanker(RecommenderRanker(rec, candidates))
                 accuracy = dict(evaluate_ratings(rec.predict_indices(test.user, test.item), test))

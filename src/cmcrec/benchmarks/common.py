@@ -57,3 +57,24 @@ def load_results(path: Path) -> dict[str, Any]:
 def write_results(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def fit_or_load(model: str, train, config, context, models_dir: Path | None, key: str):
+    """Train ``model``, or reuse the artifact ``models_dir/key`` when it was trained with the same config.
+
+    Studies that share a trained model (the accuracy table and the blog table use the
+    same seed and config on ML-100K) then train it once; a saved model whose config
+    or training data differ is retrained, never silently reused.
+    """
+    from cmcrec.recommender import Recommender
+
+    path = None if models_dir is None else Path(models_dir) / key
+    if path is not None and (path / "manifest.json").is_file():
+        rec = Recommender.load(path, device="cpu" if context.device == "auto" else context.device)
+        same_data = len(rec.train) == len(train) and bool((rec.train.rating == train.rating).all())
+        if rec.config == config and same_data and rec.training.get("seed") == context.seed:
+            return rec
+    rec = Recommender.fit(model, train, config, context)
+    if path is not None:
+        rec.save(path)
+    return rec

@@ -45,6 +45,10 @@ def accuracy(
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
     num_workers: Annotated[int, typer.Option("--num-workers")] = 0,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option("--models-dir", help="Save trained models here; reuse ones trained with the same config."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated rows as one JSON object.")] = False,
 ) -> None:
     """Test RMSE (mean ± std over seeds) of each model on each dataset's standard split."""
@@ -71,6 +75,7 @@ def accuracy(
         epochs=epochs,
         device=device,
         num_workers=num_workers,
+        models_dir=models_dir,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     if as_json:
@@ -312,6 +317,10 @@ def blog(
     data_dir: StudyDataDir = None,
     device: StudyDevice = "auto",
     num_workers: StudyWorkers = 0,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option("--models-dir", help="Save trained models here; reuse ones trained with the same config."),
+    ] = None,
     as_json: StudyJson = False,
 ) -> None:
     """RMSE, Recall/NDCG@10, coverage and popularity bias of every model on one split (the blog's table)."""
@@ -340,6 +349,7 @@ def blog(
         max_train_ratings=max_train_ratings,
         device=device,
         num_workers=num_workers,
+        models_dir=models_dir,
         log=_say,
     )
     _emit_rows(payload, as_json, format_table)
