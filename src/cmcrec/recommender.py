@@ -70,6 +70,7 @@ class Recommender:
         train: the training ratings the model predicts from (its vocabularies are the model's).
         training: the training summary (history, best epoch), if any.
         device: where to run predictions.
+        data: the shapes the module was built with (defaults to those of ``train``).
     """
 
     def __init__(
