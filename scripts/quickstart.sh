@@ -12,7 +12,7 @@ fi
 . .venv/bin/activate
 
 OUT="${CMCREC_QUICKSTART_OUT:-runs/quickstart-mccl}"
-cmcrec train --model mccl --preset cpu --dataset movietweetings-100k --out "$OUT" --num-workers 1 --k 10
+cmcrec train --model mccl --preset cpu --epochs 4 --dataset movietweetings-100k --out "$OUT" --k 10 --rank-users 500 --candidates 100
 echo
 echo "Top 5 for training user 1:"
 cmcrec recommend --model "$OUT" --user 1 -k 5

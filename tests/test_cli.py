@@ -77,6 +77,7 @@ def test_malformed_file_exit_2_names_line(capsys, tmp_path):
         (["train", "--model", "mf", "--preset", "huge"], "unknown preset"),
         (["train", "--model", "mf", "--resume"], "--resume needs --out"),
         (["train", "--model", "mf", "--k", "ten"], "--k"),
+        (["train", "--model", "mf", "--rank-users", "0"], "--rank-users"),
         (["train", "--model", "mf", "--device", "tpu9"], "--device"),
         (["recommend", "--model", "/nonexistent/model", "--user", "1"], "no such model directory"),
     ],

@@ -39,6 +39,10 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed for splits, sampling and
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Workers = Annotated[int, typer.Option("--num-workers", help="DataLoader workers extracting subgraphs.")]
 Ks = Annotated[str, typer.Option("--k", help="Comma-separated cut-offs for ranking metrics.")]
+RankUsers = Annotated[
+    int | None,
+    typer.Option("--rank-users", help="Rank for a seeded sample of this many test users (RMSE uses all)."),
+]
 Candidates = Annotated[
     int,
     typer.Option(
@@ -65,6 +69,11 @@ def _json_default(o: Any) -> Any:
 def _say(msg: str) -> None:
     """Human-facing progress lines go to stderr, so stdout stays machine-readable."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def _check_rank_users(n: int | None) -> None:
+    if n is not None and n < 1:
+        raise ConfigError(f"--rank-users must be >= 1, got {n}")
 
 
 def _parse_ks(ks: str) -> tuple[int, ...]:
@@ -237,6 +246,7 @@ def train(
         bool, typer.Option("--evaluate/--no-evaluate", help="Report test metrics after training.")
     ] = True,
     candidates: Candidates = 200,
+    rank_users: RankUsers = None,
     k: Ks = "10",
     data_dir: DataDir = None,
     seed: Seed = 0,
@@ -248,6 +258,7 @@ def train(
     if resume and out is None:
         raise ConfigError("--resume needs --out (the checkpoint lives beside it)")
     ks = _parse_ks(k)
+    _check_rank_users(rank_users)
     from cmcrec.evaluation.pipeline import evaluate_recommender
 
     rec, data, context = fit_model(
@@ -280,7 +291,7 @@ def train(
         "out": str(out) if out is not None else None,
     }
     if evaluate:
-        result |= evaluate_recommender(rec, data, ks, candidates or None)
+        result |= evaluate_recommender(rec, data, ks, candidates or None, rank_users=rank_users)
     shutdown()
     _emit(result, as_json, _format_metrics(result))
 
@@ -304,6 +315,7 @@ def evaluate(
     config: Annotated[Path | None, typer.Option("--config", help="When training: JSON config file.")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="When training: config preset.")] = None,
     candidates: Candidates = 200,
+    rank_users: RankUsers = None,
     k: Ks = "5,10,20",
     data_dir: DataDir = None,
     seed: Seed = 0,
@@ -316,6 +328,7 @@ def evaluate(
     from cmcrec.recommender import Recommender
 
     ks = _parse_ks(k)
+    _check_rank_users(rank_users)
     path = Path(model)
     if path.is_dir():
         rec = Recommender.load(path, device="cpu" if device == "auto" else device)
@@ -348,7 +361,9 @@ def evaluate(
             shutdown()
             return
         model_name = model
-    result = {"model": model_name, "dataset": data.name} | evaluate_recommender(rec, data, ks, candidates or None)
+    result = {"model": model_name, "dataset": data.name} | evaluate_recommender(
+        rec, data, ks, candidates or None, rank_users=rank_users
+    )
     _emit(result, as_json, _format_metrics(result))
     from cmcrec.training.distributed import shutdown
 
