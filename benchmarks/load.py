@@ -24,8 +24,6 @@ import asyncio
 import datetime as dt
 import ipaddress
 import json
-import os
-import platform
 import shlex
 import socket
 import subprocess
@@ -39,6 +37,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+
+from cmcrec.artifacts import atomic_write_text
+from cmcrec.benchmarks.common import machine
 
 ENDPOINTS = {"recommend": "/recommend", "new-user": "/recommend/new-user", "predict": "/predict"}
 DEFAULT_MIX = "recommend=2,new-user=1,predict=1"
@@ -219,18 +220,6 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
-
-
 def summarise(results: dict[str, Result], seconds: float, args: argparse.Namespace, health: dict) -> dict:
     all_ms = [ms for r in results.values() for ms in r.latencies_ms]
     n = len(all_ms)
@@ -276,21 +265,6 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="Model directory (served, and the source of ids).")
@@ -330,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     line = json.dumps(summary)
     print(line if args.json else table(summary))
     if args.out:
-        write_atomic(args.out, line + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, line + "\n")
     return 0
 
 
