@@ -1,0 +1,55 @@
+"""The accuracy table's aggregation and the shared fit-or-reuse helper."""
+
+from __future__ import annotations
+
+import pytest
+from synthetic import low_rank_split
+
+from cmcrec.benchmarks.accuracy import aggregate, format_table, model_config
+from cmcrec.benchmarks.common import fit_or_load
+from cmcrec.config import RunContext
+
+
+def _run(dataset, model, seed, rmse):
+    return {
+        "dataset": dataset,
+        "model": model,
+        "seed": seed,
+        "rmse": rmse,
+        "mae": rmse / 2,
+        "preset": "cpu",
+        "epochs": 8,
+        "best_epoch": 3,
+        "train_seconds": 10.0,
+        "max_nodes_per_hop": 40,
+    }
+
+
+def test_aggregate_mean_and_sample_std():
+    runs = [_run("ml-100k", "mccl", s, v) for s, v in [(0, 0.90), (1, 0.92), (2, 0.94)]]
+    runs.append(_run("ml-100k", "mf", 0, 0.925))
+    rows = {r["model"]: r for r in aggregate(runs, "cmd")}
+    # mean 0.92; sample std sqrt(((-0.02)^2 + 0 + 0.02^2) / 2) = 0.02
+    assert rows["mccl"]["rmse_mean"] == pytest.approx(0.92)
+    assert rows["mccl"]["rmse_std"] == pytest.approx(0.02)
+    assert rows["mccl"]["seeds"] == [0, 1, 2]
+    assert rows["mf"]["rmse_std"] == 0.0  # one seed: no spread to report
+    assert "ml-100k" in format_table(list(rows.values()))
+
+
+def test_preset_applies_to_subgraph_models_only():
+    assert model_config("igmc", "cpu", None).max_nodes_per_hop == 40
+    assert model_config("mf", "cpu", None) == model_config("mf", None, None)
+    assert model_config("mccl", "cpu", 2).epochs == 2
+
+
+def test_fit_or_load_reuses_only_matching_models(tmp_path):
+    split = low_rank_split(seed=6)
+    config = model_config("mf", None, 2)
+    ctx = RunContext(seed=0, progress=False)
+    first = fit_or_load("mf", split.train, config, ctx, tmp_path, "m")
+    again = fit_or_load("mf", split.train, config, ctx, tmp_path, "m")
+    assert again.training["history"] == first.training["history"]
+    # A different config is retrained, not silently reused.
+    other = fit_or_load("mf", split.train, model_config("mf", None, 3), ctx, tmp_path, "m")
+    assert len(other.training["history"]) == 3
