@@ -114,6 +114,10 @@ def run_accuracy(
                     "wall_seconds": time.perf_counter() - t0,
                     "max_nodes_per_hop": getattr(config, "max_nodes_per_hop", None),
                     "config": config.to_dict(),
+                    "history": [
+                        {k: h[k] for k in ("epoch", "train_loss", "valid_rmse", "seconds")}
+                        for h in rec.training["history"]
+                    ],
                     "command": command,
                     "date": now(),
                 }
