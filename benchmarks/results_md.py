@@ -33,7 +33,8 @@ def _fmt(v, digits=4):
 
 def _provenance(d: dict) -> str:
     m = d.get("machine", {})
-    cmd = d.get("command") or (d.get("rows") or [{}])[0].get("command", "")
+    cmds = sorted({x["command"] for x in (d.get("runs") or d.get("rows") or []) if x.get("command")})
+    cmd = d.get("command") or "`; `".join(cmds)
     where = f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}"
     return f"Command: `{cmd}` — {where}, {d.get('date', '?')}."
 
@@ -53,8 +54,10 @@ def accuracy_section(d: dict) -> list[str]:
     for r in rows:
         pub = ", ".join(f"{k} {v}" for k, v in PUBLISHED.get(r["dataset"], {}).items()) if r["model"] == "igmc" else ""
         rmse = f"{r['rmse_mean']:.4f} ± {r['rmse_std']:.4f}"
+        # Presets budget subgraph models only; id-based models keep their defaults.
+        preset = (r.get("preset") or "–") if r.get("max_nodes_per_hop") is not None else "–"
         out.append(
-            f"| {r['dataset']} | {r['model']} | {r.get('preset') or '–'} | {rmse} | "
+            f"| {r['dataset']} | {r['model']} | {preset} | {rmse} | "
             f"{len(r['seeds'])} | {r['epochs']} | {r.get('best_epochs')} | {r['train_seconds_mean']:.0f} | {pub} |"
         )
     cmds = sorted({r["command"] for r in d["runs"]})
@@ -98,6 +101,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
+    p.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README whose generated block is refreshed")
     args = p.parse_args()
     r = args.results
     lines = [
@@ -168,6 +172,31 @@ def main() -> None:
             lines += table_section(title, d, cols)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
+    if args.readme.is_file():
+        refresh_readme(args.readme, r)
+
+
+BEGIN, END = "<!-- BEGIN GENERATED RESULTS -->", "<!-- END GENERATED RESULTS -->"
+
+
+def refresh_readme(readme: Path, r: Path) -> None:
+    """Replace the README block between the markers with the accuracy and blog tables."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        return
+    block: list[str] = []
+    if (d := _load(r / "accuracy.json")) is not None:
+        block += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in accuracy_section(d)]
+    if (d := _load(r / "blog.json")) is not None:
+        block += table_section(
+            "### The blog's table (ML-100K u1, full-catalogue top-10)",
+            d,
+            ["model", "rmse", "recall@10", "ndcg@10", "coverage@10", "avg_popularity@10", "candidates"],
+        )
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    readme.write_text(head + BEGIN + "\n" + "\n".join(block).replace("## ###", "###") + "\n" + END + tail)
+    print(f"refreshed {readme}")
 
 
 if __name__ == "__main__":
