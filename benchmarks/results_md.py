@@ -85,6 +85,41 @@ def throughput_section(d: dict, name: str) -> list[str]:
     return out
 
 
+def serving_section(d: dict) -> list[str]:
+    out = [
+        "## Serving: candidate recall and latency (ML-100K u1, MCCL artifact, CPU, 2 threads)",
+        "",
+        "kept = share of the model's full-catalogue top-10 that the item-kNN candidate step keeps at N; "
+        "latency per single `recommend` / `recommend_for_ratings` call, k = 10. Targets: kept ≥ 90% with "
+        "p50 < 50 ms and p99 < 200 ms.",
+        "",
+        "| N | kept | recommend p50 ms | recommend p99 ms | new-user p50 ms | new-user p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in d.get("rows", []):
+        a, b = r["recommend"], r["recommend_for_ratings"]
+        cells = [r["n"], f"{r['kept']:.0%}", *(f"{x[q]:.1f}" for x in (a, b) for q in ("p50_ms", "p99_ms"))]
+        out.append("| " + " | ".join(str(c) for c in cells) + " |")
+    chosen = d.get("chosen")
+    out += ["", f"N meeting the recall target: {chosen if chosen is not None else 'none'}.", "", _provenance(d), ""]
+    return out
+
+
+def load_section(d: dict) -> list[str]:
+    out = [
+        "## HTTP load test (loopback, bounded)",
+        "",
+        "| requests | errors | clients | p50 ms | p99 ms | requests/s |",
+        "|---|---|---|---|---|---|",
+        f"| {d['requests']} | {d['errors']} | {d['clients']} | {d['p50_ms']:.0f} | {d['p99_ms']:.0f} "
+        f"| {d['rps']:.1f} |",
+        "",
+        _provenance(d),
+        "",
+    ]
+    return out
+
+
 def table_section(title: str, d: dict, columns: list[str], note: str = "") -> list[str]:
     out = [f"## {title}", ""]
     if note:
@@ -143,7 +178,7 @@ def main() -> None:
         for f, n in tp:
             lines += throughput_section(_load(r / f), n)
     for f, title, cols in [
-        ("serving.json", "Serving", None),
+        ("serving.json", "Serving", serving_section),
         (
             "robustness.json",
             "Robustness (noise injected into training ratings)",
@@ -152,12 +187,14 @@ def main() -> None:
         ("cold_start.json", "Cold start", ["study", "bucket", "k", "model", "rmse", "ndcg@10", "num_users"]),
         ("tau.json", "τ sensitivity", ["tau", "seed", "valid_rmse", "rmse", "recall@10", "coverage@10"]),
         ("distributed.json", "Distributed training", None),
-        ("load.json", "HTTP load test", None),
+        ("load.json", "HTTP load test", load_section),
     ]:
         d = _load(r / f)
         if d is None:
             continue
-        if cols is None:
+        if callable(cols):
+            lines += cols(d)
+        elif cols is None:
             lines += [
                 f"## {title}",
                 "",
@@ -193,6 +230,9 @@ def refresh_readme(readme: Path, r: Path) -> None:
             d,
             ["model", "rmse", "recall@10", "ndcg@10", "coverage@10", "avg_popularity@10", "candidates"],
         )
+    for name, render in (("serving.json", serving_section), ("load.json", load_section)):
+        if (d := _load(r / name)) is not None:
+            block += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in render(d)]
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
     readme.write_text(head + BEGIN + "\n" + "\n".join(block).replace("## ###", "###") + "\n" + END + tail)
