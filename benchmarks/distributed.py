@@ -86,8 +86,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     module = spec.build(config, DataSpec.from_ratings(fit_part))
     trainer = Trainer(module, config, ctx)
-    if not args.find_unused:
-        trainer.engine = dist_utils.wrap_model(trainer.model, trainer.device, ctx, find_unused_parameters=False)
+    if args.find_unused:
+        trainer.engine = dist_utils.wrap_model(trainer.model, trainer.device, ctx, find_unused_parameters=True)
     graph = RatingGraph.from_ratings(fit_part)
     kind = module.batch_kind
     t0 = time.perf_counter()
@@ -140,8 +140,8 @@ def run_one(args: argparse.Namespace, processes: int, workers: int) -> dict:
             cmd.append(f"--data-dir={args.data_dir}")
         if args.max_train_ratings is not None:
             cmd.append(f"--max-train-ratings={args.max_train_ratings}")
-        if not args.find_unused:
-            cmd.append("--no-find-unused")
+        if args.find_unused:
+            cmd.append("--find-unused")
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
         env.setdefault("OMP_NUM_THREADS", "1")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -174,10 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default="{}", help="JSON config overrides on top of the 'cpu' preset")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--no-find-unused",
-        dest="find_unused",
-        action="store_false",
-        help="wrap with find_unused_parameters=False, to measure what the default costs",
+        "--find-unused",
+        action="store_true",
+        help="wrap with find_unused_parameters=True, to measure what that setting would cost",
     )
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON object here (atomically)")

@@ -88,7 +88,7 @@ def shutdown() -> None:
 
 
 def wrap_model(
-    model: torch.nn.Module, device: torch.device, context: RunContext, *, find_unused_parameters: bool = True
+    model: torch.nn.Module, device: torch.device, context: RunContext, *, find_unused_parameters: bool = False
 ) -> torch.nn.Module:
     """DDP-wrap the module when running under ``torchrun``; the module itself otherwise.
 
@@ -97,9 +97,10 @@ def wrap_model(
         device: this rank's device.
         context: the run context (``world_size`` decides whether to wrap).
         find_unused_parameters: let DDP skip parameters that get no gradient in
-            a step. Costs one traversal of the autograd graph per step; kept on
-            because a model may branch per batch (and ablations may leave heads
-            unused), where turning it off would hang or fail the backward pass.
+            a step. Off: every registered model, ablations included, gives every
+            parameter a gradient every step (tests/test_igmc_mccl.py checks it),
+            and the flag costs one extra autograd-graph traversal per step. A
+            custom model that branches per batch must turn it on.
 
     """
     if context.world_size <= 1 or not is_distributed():
