@@ -27,10 +27,11 @@ import numpy as np
 
 from cmcrec.benchmarks.accuracy import model_config
 from cmcrec.benchmarks.common import command_line, fit_or_load, load_results, machine, now, write_results
-from cmcrec.benchmarks.robustness import RecommenderRanker, candidates_used
+from cmcrec.benchmarks.robustness import candidates_used
 from cmcrec.config import RunContext
 from cmcrec.data.ratings import Split
 from cmcrec.errors import ConfigError
+from cmcrec.evaluation.pipeline import RecommenderRanker
 
 POPULARITY = "popularity"
 BLOG_METRICS = ("recall@10", "ndcg@10", "coverage@10", "avg_popularity@10", "head_share@10")

@@ -45,11 +45,13 @@ import torch
 
 from cmcrec.benchmarks.accuracy import model_config
 from cmcrec.benchmarks.common import command_line, load_results, machine, now, write_results
-from cmcrec.benchmarks.robustness import RecommenderRanker, candidates_used, subsample
+from cmcrec.benchmarks.robustness import candidates_used
 from cmcrec.config import RunContext
 from cmcrec.data.ratings import Ratings, Split
+from cmcrec.data.splits import subsample
 from cmcrec.errors import CmcrecError, ConfigError
 from cmcrec.evaluation.metrics import mae, rmse
+from cmcrec.evaluation.pipeline import RecommenderRanker
 from cmcrec.models.registry import get_model
 
 #: (label, fewest, most) training ratings of a test user; ``None`` = no upper bound.

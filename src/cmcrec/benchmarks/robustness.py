@@ -35,32 +35,6 @@ NOISE_KINDS = ("fake", "flip")
 _KIND_TAG = {"fake": 1, "flip": 2}
 
 
-def subsample(train: Ratings, n: int | None, seed: int = 0) -> Ratings:
-    """A seeded sample of ``n`` training rows (row order kept); ``train`` itself when ``n`` is None or larger."""
-    if n is None or n >= len(train):
-        return train
-    rows = np.sort(np.random.default_rng([seed, 202]).choice(len(train), size=n, replace=False))
-    return train.subset(rows)
-
-
-class RecommenderRanker:
-    """A :class:`~cmcrec.evaluation.protocols.Ranker` over a fitted Recommender.
-
-    Args:
-        rec: the fitted recommender.
-        candidates: items the candidate generator proposes for subgraph models (``None``: all).
-    """
-
-    def __init__(self, rec, candidates: int | None) -> None:
-        self.rec, self.candidates = rec, candidates
-
-    def __repr__(self) -> str:
-        return f"RecommenderRanker(model={self.rec.model_name!r}, candidates={self.candidates})"
-
-    def rank(self, users: np.ndarray, k: int) -> np.ndarray:
-        return self.rec.rank(users, k, self.candidates)
-
-
 def candidates_used(rec, candidates: int | None) -> int | str:
     """What ranked each user's list: ``candidates`` for re-ranking models, ``"all"`` for full score matrices."""
     if getattr(rec.module, "score_all", None) is not None or candidates is None:

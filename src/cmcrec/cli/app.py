@@ -15,6 +15,7 @@ import typer
 from cmcrec.cli.bench import bench_app
 from cmcrec.config import RunContext
 from cmcrec.data.ratings import Split
+from cmcrec.data.splits import subsample
 from cmcrec.errors import ConfigError
 
 app = typer.Typer(
@@ -139,13 +140,6 @@ def _load_split(dataset: str, split: str | None, data_dir: Path | None, seed: in
     return load_split(dataset, split=split, data_dir=data_dir, seed=seed)
 
 
-def _subsample(train, n: int | None, seed: int):
-    if n is None or n >= len(train):
-        return train
-    rows = np.sort(np.random.default_rng([seed, 202]).choice(len(train), size=n, replace=False))
-    return train.subset(rows)
-
-
 def _config_overrides(
     config_file: Path | None, epochs: int | None, preset: str | None, fields: set[str]
 ) -> dict[str, Any]:
@@ -199,7 +193,7 @@ def fit_model(
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     config = spec.make_config(_config_overrides(config_file, epochs, preset, fields), source="--config")
     data = _load_split(dataset, split, data_dir, seed)
-    train = _subsample(data.train, max_train_ratings, seed)
+    train = subsample(data.train, max_train_ratings, seed)
     if train is not data.train:
         # The model's training data is the sample: evaluation excludes (and counts as seen) only those ratings.
         data = Split(train, data.test, name=f"{data.name}[{len(train)}]")

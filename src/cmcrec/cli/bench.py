@@ -192,9 +192,10 @@ def robustness(
     as_json: StudyJson = False,
 ) -> None:
     """Test RMSE and NDCG@10 of each model as fake or flipped ratings are added to the training data."""
-    from cmcrec.benchmarks.robustness import check_noise_levels, format_table, run_robustness, subsample
+    from cmcrec.benchmarks.robustness import check_noise_levels, format_table, run_robustness
     from cmcrec.data.datasets import load_split
     from cmcrec.data.ratings import Split
+    from cmcrec.data.splits import subsample
 
     ms = _check_models(models)
     try:
@@ -325,9 +326,9 @@ def blog(
 ) -> None:
     """RMSE, Recall/NDCG@10, coverage and popularity bias of every model on one split (the blog's table)."""
     from cmcrec.benchmarks.blog import POPULARITY, format_table, run_blog
-    from cmcrec.benchmarks.robustness import subsample
     from cmcrec.data.datasets import load_split
     from cmcrec.data.ratings import Split
+    from cmcrec.data.splits import subsample
 
     ms = _check_models(models, allowed_extra=(POPULARITY,))
     seed_list = _ints(seeds, "--seeds")

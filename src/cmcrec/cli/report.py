@@ -130,10 +130,10 @@ def sweep_command(
     """
     from cmcrec.benchmarks import sweep as sw
     from cmcrec.benchmarks.common import write_results
-    from cmcrec.cli.app import _subsample
     from cmcrec.config import RunContext
     from cmcrec.data.datasets import load_split
     from cmcrec.data.ratings import Split
+    from cmcrec.data.splits import subsample
     from cmcrec.models.registry import get_model
     from cmcrec.training.trainer import resolve_device
 
@@ -153,7 +153,7 @@ def sweep_command(
         param_list = sw.check_params(model, [p.strip() for p in params.split(",") if p.strip()])
 
     loaded = load_split(dataset, split=split, data_dir=data_dir, seed=seed)
-    train = _subsample(loaded.train, max_train_ratings, seed)
+    train = subsample(loaded.train, max_train_ratings, seed)
     about = {"dataset": dataset, "split": loaded.name, "max_train_ratings": max_train_ratings}
 
     def with_test() -> Split:

@@ -33,9 +33,7 @@ def _holdout_mask(n: int, fraction: float, rng: np.random.Generator) -> np.ndarr
     return mask
 
 
-def random_split(
-    ratings: Ratings, test_fraction: float, rng: np.random.Generator, *, name: str | None = None
-) -> Split:
+def random_split(ratings: Ratings, test_fraction: float, rng: np.random.Generator, *, name: str | None = None) -> Split:
     """A uniformly random holdout of ``round(n * test_fraction)`` rows.
 
     Args:
@@ -117,6 +115,16 @@ def make_split(
         return random_split(ratings, test_fraction, rng, name=name)
     if method == "temporal":
         return temporal_split(ratings, name=name)
-    raise DataError(
-        f"unknown split method {method!r}; choose one of {', '.join(SPLIT_METHODS)}", field="split"
-    )
+    raise DataError(f"unknown split method {method!r}; choose one of {', '.join(SPLIT_METHODS)}", field="split")
+
+
+def subsample(train: Ratings, n: int | None, seed: int = 0) -> Ratings:
+    """A seeded sample of ``n`` training rows (row order kept); ``train`` itself when ``n`` is None or larger.
+
+    The one sampler behind every ``--max-train-ratings`` flag, so the CLI and the studies train on the
+    same rows for the same seed.
+    """
+    if n is None or n >= len(train):
+        return train
+    rows = np.sort(np.random.default_rng([seed, 202]).choice(len(train), size=n, replace=False))
+    return train.subset(rows)

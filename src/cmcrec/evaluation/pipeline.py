@@ -24,9 +24,19 @@ def last_rating_per_user(ratings: Ratings) -> Ratings:
     return ratings.subset(np.sort(order[last]), name=f"{ratings.name}/last")
 
 
-class _Ranker:
+class RecommenderRanker:
+    """A :class:`~cmcrec.evaluation.protocols.Ranker` over a fitted Recommender.
+
+    Args:
+        rec: the fitted recommender.
+        candidates: items the candidate generator proposes for subgraph models (``None``: all).
+    """
+
     def __init__(self, rec, candidates: int | None) -> None:
         self.rec, self.candidates = rec, candidates
+
+    def __repr__(self) -> str:
+        return f"RecommenderRanker(model={self.rec.model_name!r}, candidates={self.candidates})"
 
     def rank(self, users: np.ndarray, k: int) -> np.ndarray:
         return self.rec.rank(users, k, self.candidates)
@@ -64,7 +74,7 @@ def evaluate_recommender(
         chosen = np.random.default_rng([seed, 17]).choice(users, size=rank_users, replace=False)
         test = test.subset(np.isin(test.user, chosen))
     result["rank_users"] = "all" if rank_users is None or rank_users >= len(users) else rank_users
-    result |= evaluate_full_ranking(_Ranker(rec, candidates), data.train, test, ks=ks)
+    result |= evaluate_full_ranking(RecommenderRanker(rec, candidates), data.train, test, ks=ks)
     result["candidates"] = candidates if candidates is not None else "all"
     if sampled and test.timestamp is not None:
         last = last_rating_per_user(test)
