@@ -103,9 +103,7 @@ def test_header_only(tmp_path):
 
 def test_missing_column_in_header_mapping(tmp_path):
     path = write(tmp_path / "r.csv", "uid,iid,score\n1,10,4\n")
-    err = raises_at(
-        path, 1, "header has no column 'stars'", columns={"user": "uid", "item": "iid", "rating": "stars"}
-    )
+    err = raises_at(path, 1, "header has no column 'stars'", columns={"user": "uid", "item": "iid", "rating": "stars"})
     assert err.field == "stars"
     assert "'score'" in str(err)  # the columns that are there are listed
 
@@ -118,9 +116,7 @@ def test_header_without_recognisable_rating_column(tmp_path):
 
 def test_mapping_needs_more_fields_than_the_file_has(tmp_path):
     path = write(tmp_path / "r.csv", "1,10,4\n")
-    raises_at(
-        path, 1, "has 3 fields but the column mapping needs 5", columns={"user": 0, "item": 1, "rating": 4}
-    )
+    raises_at(path, 1, "has 3 fields but the column mapping needs 5", columns={"user": 0, "item": 1, "rating": 4})
 
 
 def test_missing_file(tmp_path):

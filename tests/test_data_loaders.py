@@ -28,9 +28,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def rows(r) -> list[tuple[str, str, float]]:
-    return [
-        (r.users.ids[u], r.items.ids[i], float(x)) for u, i, x in zip(r.user, r.item, r.rating, strict=True)
-    ]
+    return [(r.users.ids[u], r.items.ids[i], float(x)) for u, i, x in zip(r.user, r.item, r.rating, strict=True)]
 
 
 # ----------------------------------------------------------------------------- tables
@@ -56,9 +54,7 @@ def test_read_table_delimiters(tmp_path, name, text, delimiter):
 def test_read_table_header_mapping_and_explicit_scale(tmp_path):
     path = write(tmp_path / "r.csv", "ts,who,what,stars\n5,a,x,1.5\n6,b,x,2\n7,b,y,0.5\n")
     scale = RatingScale.from_range(0.5, 5, 0.5)
-    r = read_table(
-        path, columns={"user": "who", "item": "what", "rating": "stars", "timestamp": "ts"}, scale=scale
-    )
+    r = read_table(path, columns={"user": "who", "item": "what", "rating": "stars", "timestamp": "ts"}, scale=scale)
     assert rows(r) == [("a", "x", 1.5), ("b", "x", 2.0), ("b", "y", 0.5)]
     assert r.timestamp.tolist() == [5, 6, 7]
     assert r.scale == scale
@@ -148,15 +144,8 @@ def test_embedded_movietweetings_needs_no_data_dir(tmp_path):
 
 def test_list_datasets(tmp_path):
     listing = {d["name"]: d for d in list_datasets(tmp_path)}
-    assert (
-        set(listing)
-        == set(DATASETS)
-        == {"ml-100k", "douban", "flixster", "yahoo_music", "movietweetings-100k"}
-    )
-    assert (
-        listing["movietweetings-100k"]["available"]
-        and listing["movietweetings-100k"]["location"] == "embedded"
-    )
+    assert set(listing) == set(DATASETS) == {"ml-100k", "douban", "flixster", "yahoo_music", "movietweetings-100k"}
+    assert listing["movietweetings-100k"]["available"] and listing["movietweetings-100k"]["location"] == "embedded"
     assert not listing["ml-100k"]["available"]
     assert listing["ml-100k"]["default_split"] == "u1"
     assert listing["yahoo_music"]["rating_scale"]["num_buckets"] == 10

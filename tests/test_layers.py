@@ -137,6 +137,26 @@ def test_edge_scorer_is_mlp_on_concatenation_and_rescales_per_graph():
     assert repr(scorer) == "EdgeScorer(3, hidden=4)"
 
 
+def test_linear_edge_scorer_is_sigmoid_of_endpoint_sums():
+    torch.manual_seed(0)
+    scorer = EdgeScorer(3, 0).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 5, 3], [1, 0, 0, 4, 5, 3, 5]])
+    node_graph = torch.tensor([0, 0, 0, 1, 1, 1])
+    a = x @ scorer.lin_src.weight.view(-1) + scorer.lin_src.bias
+    b = x @ scorer.lin_dst.weight.view(-1)
+    expected = torch.sigmoid(a[edge_index[0]] + b[edge_index[1]])
+    torch.testing.assert_close(scorer.score(x, edge_index), expected)
+    graph = RelationalGraph.build(edge_index, torch.zeros(7, dtype=torch.long), 6, 1)
+    torch.testing.assert_close(scorer.score(x, edge_index, graph), expected)
+    w = scorer(x, edge_index, node_graph, 2, graph)
+    torch.testing.assert_close(w, scorer(x, edge_index, node_graph, 2))
+    torch.testing.assert_close(w[:3].mean(), torch.tensor(1.0, dtype=torch.float64))
+    xg = x.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: scorer(x, edge_index, node_graph, 2, graph), (xg,))
+    assert sum(p.numel() for p in scorer.parameters()) == 3 + 1 + 3
+
+
 def test_info_nce_hand_value_and_gradcheck():
     # Identical orthonormal views: S = I / τ, so each row's loss is log(1 + (B-1) e^{-1/τ}).
     b, tau = 4, 0.5
@@ -210,13 +230,14 @@ def test_dropout_on_values_equals_removing_the_edges():
     torch.testing.assert_close(conv.propagate(x, value, dropped), removed)
 
 
-def test_stack_on_target_nodes_equals_rows_of_full_computation():
+@pytest.mark.parametrize("scorer_hidden", [3, 0])
+def test_stack_on_target_nodes_equals_rows_of_full_computation(scorer_hidden):
     n, r = 12, 3
     edge_index, edge_type = _paired_graph(n, r, 40, 2)
     graph = RelationalGraph.build(edge_index, edge_type, n, r, paired=True)
     node_graph = torch.tensor([0] * 6 + [1] * 6)
     torch.manual_seed(0)
-    stack = RGCNStack(4, 5, 3, r, 2, scorer_hidden=3).double()
+    stack = RGCNStack(4, 5, 3, r, 2, scorer_hidden=scorer_hidden).double()
     x = torch.randn(n, 4, dtype=torch.float64, requires_grad=True)
     nodes = torch.tensor([0, 7, 3, 11])
     full = stack(x, edge_index, edge_type, graph, node_graph, 2)

@@ -212,9 +212,7 @@ def test_vectorised_metrics_match_slow_loop(seed):
         n = rng.integers(0, K + 1)  # some lists shorter than K (padded)
         topk[u, :n] = rng.choice(num_items, size=n, replace=False)
     topk[0] = rng.choice(num_items, size=K, replace=False)  # at least one recommendation
-    relevant_rows = [
-        list(rng.choice(num_items, size=rng.integers(0, 6), replace=False)) for _ in range(num_users)
-    ]
+    relevant_rows = [list(rng.choice(num_items, size=rng.integers(0, 6), replace=False)) for _ in range(num_users)]
     relevant_rows[0] = [int(topk[0, 0])]  # at least one user with a relevant item
     rel = relevant_csr(relevant_rows, num_items)
     pop = rng.integers(0, 50, size=num_items)

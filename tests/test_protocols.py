@@ -173,9 +173,7 @@ def test_full_ranking_hand_worked():
 def test_full_ranking_threshold_override_and_custom_popularity():
     # threshold 3: u1's i0 (3) is relevant now, but i0 is not in u1's training set; evaluated
     ranker = FixedRanker({0: [4, 3, 2], 1: [0, 1, 3], 2: [2, 1, 4]})
-    out = evaluate_full_ranking(
-        ranker, TRAIN, TEST, ks=(1,), threshold=3, item_popularity=np.array([0, 0, 0, 0, 10])
-    )
+    out = evaluate_full_ranking(ranker, TRAIN, TEST, ks=(1,), threshold=3, item_popularity=np.array([0, 0, 0, 0, 10]))
     assert out["num_users_evaluated"] == 3
     assert out["relevance_threshold"] == 3.0
     assert out["hit@1"] == pytest.approx((1 + 1 + 0) / 3)  # u0 i4, u1 i0 hit; u2 i2 misses

@@ -28,6 +28,11 @@ class TestMCCL(ModelConformance):
     overrides = TINY | {"latent_channels": 8, "scorer_hidden": 4}
 
 
+class TestMCCLLinearScorer(ModelConformance):
+    model = "mccl-lin"
+    overrides = TINY | {"latent_channels": 8}
+
+
 class TestMCCLView1(ModelConformance):
     model = "mccl-v1"
     overrides = TINY | {"scorer_hidden": 4}
@@ -36,3 +41,19 @@ class TestMCCLView1(ModelConformance):
 class TestMCCLView2(ModelConformance):
     model = "mccl-v2"
     overrides = TINY | {"latent_channels": 8}
+
+
+class TestMCCLRank(ModelConformance):
+    model = "mccl-rank"
+    overrides = TINY | {"latent_channels": 8, "scorer_hidden": 4, "rank_negatives": 2}
+
+    def test_rank_term_trained(self, fitted):
+        assert all("rank" in h["parts"] for h in fitted.training["history"])
+
+
+class TestIGMCRank(ModelConformance):
+    model = "igmc"
+    overrides = TINY | {"rank_weight": 0.5}
+
+    def test_rank_term_trained(self, fitted):
+        assert all("rank" in h["parts"] for h in fitted.training["history"])

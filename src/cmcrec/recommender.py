@@ -143,7 +143,15 @@ class Recommender:
         result: TrainResult = trainer.fit(
             fit_part,
             valid,
-            make_batcher(kind, config, graph, train=True, seed=context.seed, rank=context.rank),
+            make_batcher(
+                kind,
+                config,
+                graph,
+                train=True,
+                seed=context.seed,
+                rank=context.rank,
+                rating_range=(data.rating_min, data.rating_max),
+            ),
             make_batcher(kind, config, graph, train=False, seed=context.seed),
             log=log,
         )

@@ -170,11 +170,7 @@ def _locate(spec: DatasetSpec, data_dir: PathArg | None, download: bool) -> Path
     if download and spec.downloadable:
         return download_ml100k(root)
     missing = ", ".join(f for f in spec.files if not (folder / f).is_file())
-    how = (
-        "pass download=True to fetch it"
-        if spec.downloadable
-        else f"get it from {spec.source} and put it there"
-    )
+    how = "pass download=True to fetch it" if spec.downloadable else f"get it from {spec.source} and put it there"
     raise DataError(
         f"dataset {spec.name!r} is not in the data directory (missing {missing}); {how}, "
         f"or point data_dir / ${DATA_DIR_ENV} at a folder that has it",
@@ -281,9 +277,7 @@ def load_ratings(
     """
     if _is_dataset_name(name_or_path):
         if table_options:
-            raise ConfigError(
-                f"options {sorted(table_options)} apply to files, not to the dataset {name_or_path!r}"
-            )
+            raise ConfigError(f"options {sorted(table_options)} apply to files, not to the dataset {name_or_path!r}")
         spec = _spec(str(name_or_path))
         return _load_dataset(spec, _locate(spec, data_dir, download), num_buckets)
     if _looks_like_path(name_or_path):
@@ -353,9 +347,7 @@ def load_split(
     folder = _locate(spec, data_dir, download)
     canonical: dict[str, Callable[[], Split]] = {}
     if spec.name == "ml-100k":
-        canonical = {
-            s: (lambda s=s: loaders.read_movielens_100k_split(folder, s)) for s in spec.canonical_splits
-        }
+        canonical = {s: (lambda s=s: loaders.read_movielens_100k_split(folder, s)) for s in spec.canonical_splits}
     elif spec.canonical_splits == ("monti",):
         canonical = {"monti": lambda: _load_monti(spec, folder, num_buckets)}
     if split in canonical:

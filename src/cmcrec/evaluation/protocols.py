@@ -201,9 +201,7 @@ class ScoreMatrixRanker:
         users = np.asarray(users, dtype=np.int64)
         scores = _to_numpy(self.score_fn(users))
         if scores.shape != (len(users), self.num_items):
-            raise ValueError(
-                f"score_fn returned shape {scores.shape}, expected ({len(users)}, {self.num_items})"
-            )
+            raise ValueError(f"score_fn returned shape {scores.shape}, expected ({len(users)}, {self.num_items})")
         return topk_from_scores(scores, k, exclude=self._seen[users])
 
 
@@ -335,15 +333,11 @@ def evaluate_full_ranking(
 
     seen = interaction_matrix(train)
     train_keys = np.unique(_pair_keys(train.user, train.item, num_items))
-    is_relevant = (test.rating >= thr - _RATING_EPS) & ~np.isin(
-        _pair_keys(test.user, test.item, num_items), train_keys
-    )
+    is_relevant = (test.rating >= thr - _RATING_EPS) & ~np.isin(_pair_keys(test.user, test.item, num_items), train_keys)
     relevant = interaction_matrix(test.subset(is_relevant))
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
     if users.size == 0:
-        raise CmcrecError(
-            f"no test user of {test.name!r} has an unseen test item rated >= {thr}; nothing to rank"
-        )
+        raise CmcrecError(f"no test user of {test.name!r} has an unseen test item rated >= {thr}; nothing to rank")
 
     kmax = ks[-1]
     per_user: dict[str, list[np.ndarray]] = {}

@@ -49,6 +49,10 @@ class PairBatch(_TensorBatch):
     def num_targets(self) -> int:
         return int(self.user.shape[0])
 
+    @property
+    def num_labelled(self) -> int:
+        return int(self.y.shape[0])
+
 
 @dataclass
 class SubgraphBatch(_TensorBatch):
@@ -72,8 +76,15 @@ class SubgraphBatch(_TensorBatch):
         node_graph: int64 ``(N,)`` graph index of each node (PyG's ``batch``).
         user_pos: int64 ``(B,)`` node id of each graph's target user.
         item_pos: int64 ``(B,)`` node id of each graph's target item.
-        y: float32 ``(B,)`` target ratings on the dataset's scale (NaN if unknown).
+        y: float32 ``(B_y,)`` target ratings on the dataset's scale (NaN if
+            unknown) of the first ``B_y`` targets; ``B_y = B`` except in
+            training batches with ranking negatives, whose extra targets
+            (unrated pairs) come after the rated ones and have no rating.
         num_labels: number of distinct node labels (``2 * (hops + 1)``).
+        rank_index: int64 ``(P, 1 + m)`` or ``None``: for the ranking-aware
+            term, row ``p`` holds the target index of a highly rated pair
+            (column 0) and of ``m`` pairs of the same user with items that
+            user has not rated (columns ``1..m``, indices ``>= B_y``).
     """
 
     node_label: torch.Tensor
@@ -85,10 +96,16 @@ class SubgraphBatch(_TensorBatch):
     item_pos: torch.Tensor
     y: torch.Tensor
     num_labels: int = 4
+    rank_index: torch.Tensor | None = None
 
     @property
     def num_targets(self) -> int:
         return int(self.user_pos.shape[0])
+
+    @property
+    def num_labelled(self) -> int:
+        """Targets with a training rating (the first ``num_labelled`` targets)."""
+        return int(self.y.shape[0])
 
     @property
     def num_nodes(self) -> int:

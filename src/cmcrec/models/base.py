@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from cmcrec.models.layers import ranking_info_nce
+
 
 @dataclass
 class ModelOutput:
@@ -55,7 +57,24 @@ class RatingModel(nn.Module):
     def forward(self, batch) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def labelled_mse(self, prediction: torch.Tensor, batch) -> torch.Tensor:
+        """MSE over the batch's rated targets (the first ``batch.num_labelled``;
+        ranking negatives that follow them have no rating)."""
+        return torch.nn.functional.mse_loss(prediction[: batch.num_labelled], batch.y)
+
+    def ranking_term(self, prediction: torch.Tensor, batch, tau: float) -> torch.Tensor | None:
+        """The ranking-aware InfoNCE over ``batch.rank_index`` (``None`` when the batch has none).
+
+        Scores are the predictions rescaled to ``[0, 1]``, so ``tau`` means the
+        same on every rating scale.
+        """
+        rank_index = getattr(batch, "rank_index", None)
+        if rank_index is None:
+            return None
+        score = (prediction - self.rating_min) / (self.rating_max - self.rating_min)
+        return ranking_info_nce(score, rank_index, tau)
+
     def loss(self, batch, output: ModelOutput) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss. Default: MSE between ``prediction`` and ``batch.y``."""
-        mse = torch.nn.functional.mse_loss(output.prediction, batch.y)
+        mse = self.labelled_mse(output.prediction, batch)
         return mse, {"mse": float(mse.detach())}

@@ -90,14 +90,19 @@ class IGMC(RatingModel):
         return total
 
     def loss(self, batch: SubgraphBatch, output: ModelOutput) -> tuple[torch.Tensor, dict[str, float]]:
-        """``MSE + arr · ARR``; parts ``mse`` and ``arr``."""
-        mse = F.mse_loss(output.prediction, batch.y)
-        parts = {"mse": float(mse.detach())}
-        if self.config.arr > 0 and self.num_relations > 1:
+        """``MSE + arr · ARR + rank_weight · ranking``; parts ``mse``, ``arr``, ``rank`` (those that apply)."""
+        c = self.config
+        mse = self.labelled_mse(output.prediction, batch)
+        total, parts = mse, {"mse": float(mse.detach())}
+        if c.arr > 0 and self.num_relations > 1:
             arr = self.arr_penalty()
             parts["arr"] = float(arr.detach())
-            return mse + self.config.arr * arr, parts
-        return mse, parts
+            total = total + c.arr * arr
+        rank = self.ranking_term(output.prediction, batch, c.rank_tau)
+        if rank is not None:
+            parts["rank"] = float(rank.detach())
+            total = total + c.rank_weight * rank
+        return total, parts
 
     def __repr__(self) -> str:
         c = self.config

@@ -33,6 +33,7 @@ __all__ = [
     "gather_rows",
     "info_nce",
     "mlp_head",
+    "ranking_info_nce",
     "target_readout",
 ]
 
@@ -503,15 +504,22 @@ class EdgeScorer(nn.Module):
         super().__init__()
         self.channels = channels
         self.hidden = hidden
-        self.lin_src = nn.Linear(channels, hidden)
-        self.lin_dst = nn.Linear(channels, hidden, bias=False)
-        self.lin_out = nn.Linear(hidden, 1)
+        if hidden == 0:
+            # Linear scorer: one scalar per endpoint, no hidden layer.
+            self.lin_src = nn.Linear(channels, 1)
+            self.lin_dst = nn.Linear(channels, 1, bias=False)
+            self.lin_out = None
+        else:
+            self.lin_src = nn.Linear(channels, hidden)
+            self.lin_dst = nn.Linear(channels, hidden, bias=False)
+            self.lin_out = nn.Linear(hidden, 1)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.lin_src.reset_parameters()
         self.lin_dst.reset_parameters()
-        self.lin_out.reset_parameters()
+        if self.lin_out is not None:
+            self.lin_out.reset_parameters()
 
     def score(self, x: torch.Tensor, edge_index: torch.Tensor, graph: RelationalGraph | None = None) -> torch.Tensor:
         """Raw scores in ``(0, 1)``: ``(E,)``, in edge order."""
@@ -519,10 +527,16 @@ class EdgeScorer(nn.Module):
             return _to_edge_order(self.score_sorted(x, graph), graph)
         hs = self.lin_src(x).index_select(0, edge_index[0])  # (E, H)
         hd = self.lin_dst(x).index_select(0, edge_index[1])  # (E, H)
+        if self.lin_out is None:
+            return torch.sigmoid((hs + hd).squeeze(-1))
         return torch.sigmoid(self.lin_out(torch.relu(hs + hd)).squeeze(-1))
 
     def score_sorted(self, x: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
         """Raw scores in ``(0, 1)`` in key order (see :class:`RelationalGraph`): ``(E,)``."""
+        if self.lin_out is None:
+            a = self.lin_src(x).squeeze(-1)  # (N,)
+            b = self.lin_dst(x).squeeze(-1)  # (N,)
+            return torch.sigmoid(a.index_select(0, graph.key_col) + b.index_select(0, graph.dst_sorted))
         logit = _EdgeMLP.apply(self.lin_src(x), self.lin_dst(x), self.lin_out.weight.view(-1), graph)
         return torch.sigmoid(logit + self.lin_out.bias)
 
@@ -711,3 +725,29 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
     sim = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau  # (B, B)
     labels = torch.arange(sim.shape[0], device=sim.device)
     return 0.5 * (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels))
+
+
+def ranking_info_nce(score: torch.Tensor, rank_index: torch.Tensor, tau: float) -> torch.Tensor:
+    r"""InfoNCE of a user's highly rated item against items the user has not rated.
+
+    Row ``p`` of ``rank_index`` names one positive target (column 0) and
+    ``m`` negatives of the same user (columns ``1..m``); with
+    ``s_p = score[rank_index[p]] / τ``:
+
+    .. math::
+        \mathcal{L} = -\frac1P \sum_p \log \frac{e^{s_{p0}}}{\sum_{k=0}^{m} e^{s_{pk}}}
+
+    i.e. a cross-entropy over each ``(1 + m)`` row with the positive as class 0.
+
+    Args:
+        score: ``(T,)`` a score per target pair (higher = ranked first).
+        rank_index: int64 ``(P, 1 + m)`` target indices.
+        tau: temperature ``τ > 0``.
+
+    Returns:
+        Scalar loss; 0 when ``P == 0``.
+    """
+    if rank_index.shape[0] == 0:
+        return score.sum() * 0.0
+    logits = score.index_select(0, rank_index.reshape(-1)).view(rank_index.shape) / tau  # (P, 1+m)
+    return F.cross_entropy(logits, torch.zeros(rank_index.shape[0], dtype=torch.long, device=score.device))

@@ -216,14 +216,19 @@ class MCCL(RatingModel):
         return ModelOutput(prediction=self.to_scale(logit), extras=extras)
 
     def loss(self, batch: SubgraphBatch, output: ModelOutput) -> tuple[torch.Tensor, dict[str, float]]:
-        """The weighted sum of the class docstring; parts ``mse``, ``mse_v1``, ``mse_v2``,
-        ``infonce``, ``kl``, ``recon``, ``emb_l2`` (those that apply)."""
+        """The weighted sum of the class docstring, plus ``rank_weight`` times the
+        ranking-aware term when the batch carries ranking negatives; parts
+        ``mse``, ``mse_v1``, ``mse_v2``, ``rank``, ``infonce``, ``kl``,
+        ``recon``, ``emb_l2`` (those that apply)."""
         c = self.config
         ex = output.extras
-        terms = {"mse": (1.0, F.mse_loss(output.prediction, batch.y))}
+        terms = {"mse": (1.0, self.labelled_mse(output.prediction, batch))}
         if "prediction_v1" in ex:
-            terms["mse_v1"] = (1.0, F.mse_loss(ex["prediction_v1"], batch.y))
-            terms["mse_v2"] = (1.0, F.mse_loss(ex["prediction_v2"], batch.y))
+            terms["mse_v1"] = (1.0, self.labelled_mse(ex["prediction_v1"], batch))
+            terms["mse_v2"] = (1.0, self.labelled_mse(ex["prediction_v2"], batch))
+        rank = self.ranking_term(output.prediction, batch, c.rank_tau)
+        if rank is not None:
+            terms["rank"] = (c.rank_weight, rank)
         for name, weight in (
             ("infonce", c.lambda_cl),
             ("kl", c.beta_kl),

@@ -139,6 +139,20 @@ _MODELS = {
             "cmcrec.models.mccl:MCCL",
             {"use_infonce": False},
         ),
+        ModelSpec(
+            "mccl-lin",
+            "MCCL with linear edge scorers in view 1 (faster; scorer_hidden=0)",
+            "cmcrec.models.configs:MCCLConfig",
+            "cmcrec.models.mccl:MCCL",
+            {"scorer_hidden": 0},
+        ),
+        ModelSpec(
+            "mccl-rank",
+            "MCCL + ranking-aware InfoNCE (highly rated items vs sampled unrated ones)",
+            "cmcrec.models.configs:MCCLConfig",
+            "cmcrec.models.mccl:MCCL",
+            {"rank_weight": 1.0},
+        ),
     ]
 }
 

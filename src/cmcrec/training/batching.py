@@ -10,6 +10,7 @@ deterministic.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -56,6 +57,49 @@ class PairBatcher(_SeededBatcher):
         )
 
 
+def unrated_keys(graph) -> np.ndarray:
+    """Per-rating keys that let :func:`sample_unrated` find the ``r``-th unrated item of a user.
+
+    For user ``u``'s ascending rated items ``R_0 < R_1 < ...``, ``R_j - j`` counts
+    the unrated items below ``R_j``; ``key_j = u * (I + 1) + R_j - j`` is then
+    ascending over the whole CSR array.
+    """
+    degree = np.diff(graph.user_indptr)
+    owner = np.repeat(np.arange(graph.num_users, dtype=np.int64), degree)
+    rank_in_row = np.arange(graph.user_items.size, dtype=np.int64) - np.repeat(graph.user_indptr[:-1], degree)
+    return owner * (graph.num_items + 1) + graph.user_items - rank_in_row
+
+
+def sample_unrated(
+    graph, users: np.ndarray, count: int, rng: np.random.Generator, keys: np.ndarray | None = None
+) -> np.ndarray:
+    """``count`` items per user drawn uniformly (with replacement) from the items that user has not rated.
+
+    Exact, without rejection: draw ``r`` uniform below the user's number of
+    unrated items, then the ``r``-th unrated item is ``r`` plus the number of
+    rated items whose :func:`unrated_keys` entry is at most ``r`` (one
+    ``searchsorted`` for the whole batch).
+
+    Args:
+        graph: the training :class:`~cmcrec.graph.csr.RatingGraph`.
+        users: int64 ``(P,)``; each must have at least one unrated item.
+        count: items per user ``m``.
+        rng: the batcher's generator.
+        keys: ``unrated_keys(graph)``, when the caller keeps it.
+
+    Returns:
+        int64 ``(P, m)``.
+    """
+    keys = unrated_keys(graph) if keys is None else keys
+    owner = np.repeat(np.asarray(users, dtype=np.int64), count)
+    unrated = graph.num_items - (graph.user_indptr[owner + 1] - graph.user_indptr[owner])
+    if np.any(unrated <= 0):
+        raise ValueError("sample_unrated: a user has rated every item")
+    r = (rng.random(owner.size) * unrated).astype(np.int64)  # uniform in [0, unrated)
+    below = np.searchsorted(keys, owner * (graph.num_items + 1) + r, side="right") - graph.user_indptr[owner]
+    return (r + below).reshape(-1, count)
+
+
 class SubgraphBatcher(_SeededBatcher):
     """Enclosing subgraphs of the target pairs in a training graph.
 
@@ -64,26 +108,64 @@ class SubgraphBatcher(_SeededBatcher):
         max_nodes_per_hop: cap on each hop's new user and item sets.
         hops: neighbourhood radius.
         seed: sampling seed; ``None`` for the deterministic evaluation choice.
+        rank: the process's rank under torchrun.
+        rank_negatives: for the ranking-aware term (training only): unrated
+            items drawn (:func:`sample_unrated`) per target rated at least
+            ``rank_threshold`` whose user has an unrated item left; their
+            pairs' subgraphs follow the rated targets in the batch and
+            ``SubgraphBatch.rank_index`` groups them. 0 adds none.
+        rank_threshold: lowest rating that counts as a positive.
     """
 
-    def __init__(self, graph, max_nodes_per_hop: int | None, hops: int = 1, seed: int | None = None, rank: int = 0):
+    def __init__(
+        self,
+        graph,
+        max_nodes_per_hop: int | None,
+        hops: int = 1,
+        seed: int | None = None,
+        rank: int = 0,
+        rank_negatives: int = 0,
+        rank_threshold: float | None = None,
+    ):
         super().__init__(seed, rank)
+        if rank_negatives and (seed is None or rank_threshold is None):
+            raise ValueError("rank_negatives needs a training batcher (a seed) and a rank_threshold")
         self.graph = graph
         self.max_nodes_per_hop = max_nodes_per_hop
         self.hops = hops
+        self.rank_negatives = rank_negatives
+        self.rank_threshold = rank_threshold
+        self._unrated_keys = unrated_keys(graph) if rank_negatives else None
 
     def __call__(self, users: np.ndarray, items: np.ndarray, y: np.ndarray | None = None) -> SubgraphBatch:
         from cmcrec.graph.subgraph import extract_subgraphs
 
-        return extract_subgraphs(
-            self.graph,
-            np.asarray(users, dtype=np.int64),
-            np.asarray(items, dtype=np.int64),
-            max_nodes_per_hop=self.max_nodes_per_hop,
-            hops=self.hops,
-            rng=self.generator(),
-            y=None if y is None else np.asarray(y, dtype=np.float32),
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        y = None if y is None else np.asarray(y, dtype=np.float32)
+        rng = self.generator()
+        rank_index = None
+        if self.rank_negatives and y is not None:
+            b, m = len(users), self.rank_negatives
+            g = self.graph
+            degree = g.user_indptr[users + 1] - g.user_indptr[users]
+            # A user who rated every item has nothing to rank below the positive.
+            positive = np.flatnonzero((y >= self.rank_threshold) & (degree < g.num_items))  # (P,)
+            negatives = sample_unrated(g, users[positive], m, rng, self._unrated_keys)  # (P, m)
+            rank_index = np.concatenate(
+                [positive[:, None], b + np.arange(positive.size * m, dtype=np.int64).reshape(-1, m)], axis=1
+            )
+            users = np.concatenate([users, np.repeat(users[positive], m)])
+            items = np.concatenate([items, negatives.reshape(-1)])
+        y_all = y
+        if rank_index is not None:
+            y_all = np.concatenate([y, np.full(len(users) - len(y), np.nan, np.float32)])
+        batch = extract_subgraphs(
+            self.graph, users, items, max_nodes_per_hop=self.max_nodes_per_hop, hops=self.hops, rng=rng, y=y_all
         )
+        if rank_index is None:
+            return batch
+        return replace(batch, y=batch.y[: len(y)].clone(), rank_index=torch.from_numpy(rank_index))
 
 
 class TargetRows(Dataset):
@@ -110,7 +192,16 @@ def identity_collate(batch):
     return batch
 
 
-def make_batcher(batch_kind: str, config, graph, *, train: bool, seed: int, rank: int = 0):
+def make_batcher(
+    batch_kind: str,
+    config,
+    graph,
+    *,
+    train: bool,
+    seed: int,
+    rank: int = 0,
+    rating_range: tuple[float, float] | None = None,
+):
     """The batcher a model's ``batch_kind`` needs: sampling when ``train``, deterministic otherwise.
 
     Args:
@@ -121,7 +212,16 @@ def make_batcher(batch_kind: str, config, graph, *, train: bool, seed: int, rank
         train: sample neighbours (training) or choose them deterministically.
         seed: the run's seed.
         rank: the process's rank under torchrun.
+        rating_range: ``(min, max)`` of the rating scale; needed when the
+            config turns the ranking-aware term on (``rank_weight > 0``), to
+            place its positive threshold.
     """
+    rank_negatives, rank_threshold = 0, None
+    if train and getattr(config, "rank_weight", 0) > 0:
+        if rating_range is None:
+            raise ValueError("rank_weight > 0 needs the rating_range to place the positive threshold")
+        rank_negatives = config.rank_negatives
+        rank_threshold = config.positive_threshold(*rating_range)
     factories = {
         "pair": lambda: PairBatcher(seed if train else None, rank),
         "subgraph": lambda: SubgraphBatcher(
@@ -130,6 +230,8 @@ def make_batcher(batch_kind: str, config, graph, *, train: bool, seed: int, rank
             config.hops,
             seed if train else None,
             rank,
+            rank_negatives,
+            rank_threshold,
         ),
     }
     if batch_kind not in factories:

@@ -310,7 +310,7 @@ class Trainer:
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
-                b = batch.num_targets
+                b = batch.num_labelled
                 total += float(loss.detach()) * b
                 seen += b
                 for k, v in parts.items():
