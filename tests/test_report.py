@@ -241,3 +241,28 @@ def test_cli_report(tmp_path, capsys):
     report_command(results=results, out=tmp_path / "r", title="t", as_json=True)
     payload = json.loads(capsys.readouterr().out)
     assert len(payload["figures"]) >= 6 and payload["missing"] == []
+
+
+def test_cold_start_figures_have_a_row_of_panels_per_split():
+    from cmcrec.report.plots import ResultFile, cold_start_bucket_figure, inductive_figure, palette
+
+    rows = [
+        {"split": s, "study": "bucket", "bucket": b, "model": m, "rmse": 1.0 + 0.1 * j, "num_users": 5}
+        for s in ("ml-100k/u1", "movietweetings-100k/random")
+        for j, b in enumerate(("1-2", "3-5"))
+        for m in ("mf", "mccl")
+    ] + [
+        {"split": s, "study": "inductive", "k": k, "model": m, "rmse": 1.0 - 0.01 * k, "ndcg@10": 0.01 * k}
+        for s in ("ml-100k/u1", "movietweetings-100k/random")
+        for k in (1, 3)
+        for m in ("mf", "mccl")
+    ]
+    src = ResultFile(path=Path("cold_start.json"), payload={"rows": rows}, rows=rows)
+    colors = palette(["mf", "mccl"])
+    for make, ncols in ((cold_start_bucket_figure, 1), (inductive_figure, 2)):
+        fig = make(src, colors)
+        axes = [ax for ax in fig.axes if ax.get_title()]
+        assert len(axes) == 2 * ncols
+        titles = [ax.get_title() for ax in axes]
+        assert sum(t.startswith("ml-100k/u1:") for t in titles) == ncols
+        assert sum(t.startswith("movietweetings-100k/random:") for t in titles) == ncols

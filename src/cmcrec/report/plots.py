@@ -371,8 +371,17 @@ def _bucket_key(label: str) -> tuple[float, str]:
     return (float(m.group()) if m else math.inf, label)
 
 
+def _by_split(rows: Sequence[tuple[int, dict[str, Any]]]) -> list[tuple[str | None, list[tuple[int, dict]]]]:
+    """Rows grouped by their ``split`` (or ``dataset``), in first-seen order; one group when neither is recorded."""
+
+    def where(r: dict[str, Any]) -> str | None:
+        return r.get("split") or r.get("dataset")
+
+    return [(s, [(i, r) for i, r in rows if where(r) == s]) for s in _order(where(r) for _, r in rows)]
+
+
 def cold_start_bucket_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
-    """Test metrics of users grouped by how many training ratings they have."""
+    """Test metrics of users grouped by how many training ratings they have; one row of panels per split."""
     rows = [(i, r) for i, r in enumerate(src.rows) if r.get("study") == "bucket"]
     if not rows:
         raise DataError("no rows with study 'bucket'", path=src.path, field="study")
@@ -380,42 +389,52 @@ def cold_start_bucket_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
     metrics = [m for m in ("rmse", "ndcg@10") if any(_num(r.get(m)) is not None for _, r in rows)]
     if not metrics:
         raise DataError("bucket rows have no 'rmse' or 'ndcg@10'", path=src.path)
-    buckets = sorted(_order(str(r["bucket"]) for _, r in rows), key=_bucket_key)
     models = _order(str(r["model"]) for _, r in rows)
-    users = {str(r["bucket"]): r.get("num_users") for _, r in rows if r.get("num_users") is not None}
-    fig, axes = _new_figure(len(metrics), width=max(4.5, 0.35 * len(buckets) * len(models) + 2), height=3.8)
+    splits = _by_split(rows)
+    n_buckets = len(_order(str(r["bucket"]) for _, r in rows))
+    fig, axes = _new_figure(
+        len(metrics), nrows=len(splits), width=max(4.5, 0.35 * n_buckets * len(models) + 2), height=3.8
+    )
     width = 0.8 / len(models)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        x = np.arange(len(buckets))
-        for j, model in enumerate(models):
-            vals = []
-            for b in buckets:
-                vs = [_num(r.get(metric)) for _, r in rows if str(r["bucket"]) == b and str(r["model"]) == model]
-                vs = [v for v in vs if v is not None]
-                vals.append(_mean_std(vs) if vs else (np.nan, 0.0))
-            ax.bar(
-                x - 0.4 + width * (j + 0.5),
-                [m for m, _ in vals],
-                width,
-                yerr=[s for _, s in vals],
-                color=colors[model],
-                edgecolor="black",
-                linewidth=0.5,
-                capsize=2,
-                label=model,
-            )
-        ax.set_xticks(x, [f"{b}\n({users[b]} users)" if b in users else b for b in buckets], fontsize=8)
-        ax.set_xlabel("training ratings per test user (activity bucket)")
-        ax.set_ylabel(METRIC_LABELS[metric])
-        ax.set_title(f"{'RMSE' if metric == 'rmse' else metric} by user activity")
-        ax.grid(axis="y", alpha=0.3)
+    for row, (split, split_rows) in enumerate(splits):
+        buckets = sorted(_order(str(r["bucket"]) for _, r in split_rows), key=_bucket_key)
+        users = {str(r["bucket"]): r.get("num_users") for _, r in split_rows if r.get("num_users") is not None}
+        for ax, metric in zip(axes[row], metrics, strict=True):
+            x = np.arange(len(buckets))
+            for j, model in enumerate(models):
+                vals = []
+                for b in buckets:
+                    vs = [
+                        _num(r.get(metric))
+                        for _, r in split_rows
+                        if str(r["bucket"]) == b and str(r["model"]) == model
+                    ]
+                    vs = [v for v in vs if v is not None]
+                    vals.append(_mean_std(vs) if vs else (np.nan, 0.0))
+                ax.bar(
+                    x - 0.4 + width * (j + 0.5),
+                    [m for m, _ in vals],
+                    width,
+                    yerr=[s for _, s in vals],
+                    color=colors[model],
+                    edgecolor="black",
+                    linewidth=0.5,
+                    capsize=2,
+                    label=model,
+                )
+            ax.set_xticks(x, [f"{b}\n({users[b]} users)" if b in users else b for b in buckets], fontsize=8)
+            ax.set_xlabel("training ratings per test user (activity bucket)")
+            ax.set_ylabel(METRIC_LABELS[metric])
+            where = f"{split}: " if split else ""
+            ax.set_title(f"{where}{'RMSE' if metric == 'rmse' else metric} by user activity", fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
     _model_legend(fig, colors, models)
     fig.suptitle("Cold start: test metrics of users with few training ratings")
     return fig
 
 
 def inductive_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
-    """Users held out of training entirely: metrics against the number k of ratings they give."""
+    """Users held out of training entirely: metrics against the number k of ratings they give; a row per split."""
     rows = [(i, r) for i, r in enumerate(src.rows) if r.get("study") == "inductive"]
     if not rows:
         raise DataError("no rows with study 'inductive'", path=src.path, field="study")
@@ -424,21 +443,24 @@ def inductive_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
     if not metrics:
         raise DataError("inductive rows have no 'rmse' or 'ndcg@10'", path=src.path)
     models = _order(str(r["model"]) for _, r in rows)
-    fig, axes = _new_figure(len(metrics), width=4.8, height=3.6)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        for model in models:
-            groups: dict[float, list[float]] = {}
-            for _, r in rows:
-                v, k = _num(r.get(metric)), _num(r["k"])
-                if str(r["model"]) == model and v is not None and k is not None:
-                    groups.setdefault(k, []).append(v)
-            _line(ax, sorted(groups), groups, colors[model], model, _marker(models, model))
-        ax.set_xlabel("ratings given by each held-out user (k)")
-        ax.set_ylabel(METRIC_LABELS[metric])
-        ax.set_title(f"{'RMSE' if metric == 'rmse' else metric} of new users, no retraining")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Inductive cold start: users unseen in training, scored from k given ratings")
+    splits = _by_split(rows)
+    fig, axes = _new_figure(len(metrics), nrows=len(splits), width=4.8, height=3.6)
+    for row, (split, split_rows) in enumerate(splits):
+        for ax, metric in zip(axes[row], metrics, strict=True):
+            for model in models:
+                groups: dict[float, list[float]] = {}
+                for _, r in split_rows:
+                    v, k = _num(r.get(metric)), _num(r["k"])
+                    if str(r["model"]) == model and v is not None and k is not None:
+                        groups.setdefault(k, []).append(v)
+                _line(ax, sorted(groups), groups, colors[model], model, _marker(models, model))
+            ax.set_xlabel("ratings given by each held-out user (k)")
+            ax.set_ylabel(METRIC_LABELS[metric])
+            where = f"{split}: " if split else ""
+            ax.set_title(f"{where}{'RMSE' if metric == 'rmse' else metric} of new users", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle("Inductive cold start: users unseen in training, scored from k given ratings (no retraining)")
     return fig
 
 
