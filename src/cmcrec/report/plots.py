@@ -405,9 +405,7 @@ def cold_start_bucket_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
                 vals = []
                 for b in buckets:
                     vs = [
-                        _num(r.get(metric))
-                        for _, r in split_rows
-                        if str(r["bucket"]) == b and str(r["model"]) == model
+                        _num(r.get(metric)) for _, r in split_rows if str(r["bucket"]) == b and str(r["model"]) == model
                     ]
                     vs = [v for v in vs if v is not None]
                     vals.append(_mean_std(vs) if vs else (np.nan, 0.0))
