@@ -6,14 +6,14 @@ pairs of u1.base. Reports
 - extraction subgraphs/s of the vectorised code and of the per-pair oracle
   (``tests/subgraph_oracle.py``) in the same run, and their ratio;
 - training subgraphs/s (extraction + forward + backward + Adam step, the real
-  DataLoader path) for IGMC and MCCL, and the compute-only rate on
+  DataLoader path) for IGMC, MCCL and MCCL with linear edge scorers, and the compute-only rate on
   pre-extracted batches, to show where the time goes;
 - peak RSS of the process.
 
 Usage::
 
     python benchmarks/throughput.py [--quick] [--json] [--device cpu|cuda] [--num-workers N]
-        [--data-dir ../shared/data] [--out benchmarks/results/throughput.json]
+        [--models igmc,mccl,mccl-lin] [--data-dir ../shared/data] [--out benchmarks/results/throughput.json]
 """
 
 from __future__ import annotations
@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here (atomically)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--models", default="igmc,mccl,mccl-lin", help="comma-separated subgraph models to time (registry names)"
+    )
     args = p.parse_args(argv)
 
     from cmcrec.artifacts import atomic_write_text
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = 6 if args.quick else 40
     result: dict = {"dataset": "ml-100k/u1", "hops": 1, "max_nodes_per_hop": 200, "batch_size": 50}
     result |= bench_extraction(graph, train, 8 if args.quick else 60, 50, rng)
-    for name in ("igmc", "mccl"):
+    for name in args.models.split(","):
         result |= bench_training(name, graph, train, steps, args.device, args.num_workers, args.seed)
     result["peak_rss_mb"] = peak_rss_mb()
     result |= {
