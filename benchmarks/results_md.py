@@ -76,6 +76,8 @@ def throughput_section(d: dict, name: str) -> list[str]:
         "igmc_compute_subgraphs_per_s",
         "mccl_train_subgraphs_per_s",
         "mccl_compute_subgraphs_per_s",
+        "mccl-lin_train_subgraphs_per_s",
+        "mccl-lin_compute_subgraphs_per_s",
         "peak_rss_mb",
         "num_workers",
     ]
@@ -184,7 +186,11 @@ def main() -> None:
             "Robustness (noise injected into training ratings)",
             ["kind", "noise", "model", "rmse", "ndcg@10", "recall@10"],
         ),
-        ("cold_start.json", "Cold start", ["study", "bucket", "k", "model", "rmse", "ndcg@10", "num_users"]),
+        (
+            "cold_start.json",
+            "Cold start",
+            ["split", "study", "bucket", "k", "model", "rmse", "ndcg@10", "num_users"],
+        ),
         ("tau.json", "τ sensitivity", ["tau", "seed", "valid_rmse", "rmse", "recall@10", "coverage@10"]),
         ("distributed.json", "Distributed training", None),
         ("load.json", "HTTP load test", load_section),
