@@ -84,7 +84,8 @@ def worker(args: argparse.Namespace) -> None:
         train = train.subset(rows)
     fit_part, valid = validation_split(train, config.valid_fraction, np.random.default_rng([args.seed, 101]))
     torch.manual_seed(args.seed)
-    module = spec.build(config, DataSpec.from_ratings(fit_part))
+    data = DataSpec.from_ratings(fit_part)
+    module = spec.build(config, data)
     trainer = Trainer(module, config, ctx)
     if args.find_unused:
         trainer.engine = dist_utils.wrap_model(trainer.model, trainer.device, ctx, find_unused_parameters=True)
@@ -94,7 +95,15 @@ def worker(args: argparse.Namespace) -> None:
     result = trainer.fit(
         fit_part,
         valid,
-        make_batcher(kind, config, graph, train=True, seed=args.seed, rank=ctx.rank),
+        make_batcher(
+            kind,
+            config,
+            graph,
+            train=True,
+            seed=args.seed,
+            rank=ctx.rank,
+            rating_range=(data.rating_min, data.rating_max),
+        ),
         make_batcher(kind, config, graph, train=False, seed=args.seed),
     )
     wall = time.perf_counter() - t0

@@ -86,7 +86,6 @@ def test_batcher_appends_negatives_of_the_same_user(ratings, graph):
     np.testing.assert_array_equal(batch.rank_index[:, 0].numpy(), positive)
     np.testing.assert_array_equal(batch.rank_index[:, 1:].numpy().ravel(), np.arange(40, batch.num_targets))
     # The appended targets are pairs of the positive's user with an item that user never rated.
-    batcher.set_epoch(0)
     again = SubgraphBatcher(graph, 5, seed=3, rank_negatives=2, rank_threshold=4.0)
     rng = again.generator()
     negatives = sample_unrated(graph, users[positive], 2, rng)
@@ -118,6 +117,13 @@ def test_make_batcher_adds_negatives_only_while_training(graph):
     assert make_batcher("subgraph", MCCLConfig(), graph, train=True, seed=0).rank_negatives == 0
     with pytest.raises(ValueError, match="rating_range"):
         make_batcher("subgraph", config, graph, train=True, seed=0)
+
+
+@pytest.mark.parametrize("threshold", [1.0, 5.5, float("nan")])
+def test_make_batcher_rejects_a_threshold_outside_the_scale(graph, threshold):
+    config = MCCLConfig(rank_weight=1.0, rank_threshold=threshold)
+    with pytest.raises(ConfigError, match="rank_threshold"):
+        make_batcher("subgraph", config, graph, train=True, seed=0, rating_range=(1.0, 5.0))
 
 
 def test_positive_threshold():
@@ -152,7 +158,45 @@ def test_mccl_loss_adds_weighted_rank_term(ratings, graph):
         getattr(config, w) * parts[k]
         for k, w in (("infonce", "lambda_cl"), ("kl", "beta_kl"), ("recon", "gamma_recon"))
     )
-    assert float(total) == pytest.approx(no_rank + config.rank_weight * parts["rank"], rel=1e-5)
+    assert float(total.detach()) == pytest.approx(no_rank + config.rank_weight * parts["rank"], rel=1e-5)
+
+
+def test_mccl_view_contrast_ignores_ranking_negatives(ratings, graph):
+    # InfoNCE between the views runs over the rated targets only. Without neighbour caps the
+    # subgraphs are deterministic, so a batch with ranking negatives and one without them hold
+    # the same subgraphs for the rated targets; with edge dropout off and σ forced to ~0 (z = μ)
+    # both batches must give the same InfoNCE.
+    from dataclasses import replace
+
+    from cmcrec.graph.subgraph import extract_subgraphs
+
+    torch.manual_seed(0)
+    spec = get_model("mccl-rank")
+    config = spec.make_config(
+        {
+            "hidden_channels": 8,
+            "num_layers": 2,
+            "latent_channels": 8,
+            "scorer_hidden": 4,
+            "edge_dropout": 0.0,
+            "max_nodes_per_hop": None,
+        }
+    )
+    model = spec.build(config, DataSpec.from_ratings(ratings)).train()
+    model.gauss.logstd.register_forward_hook(lambda m, i, o: torch.full_like(o, -30.0))
+    users, items = ratings.user[:30], ratings.item[:30]
+    y = ratings.rating[:30].astype(np.float32)
+    batcher = make_batcher("subgraph", config, graph, train=True, seed=0, rating_range=(1.0, 5.0))
+    with_negatives = batcher(users, items, y)
+    assert with_negatives.num_targets > 30
+    plain = extract_subgraphs(graph, users, items, max_nodes_per_hop=None, y=y)
+    a = model(with_negatives).extras["infonce"].detach()
+    b = model(plain).extras["infonce"].detach()
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # The old behaviour (contrast over every target) would differ: check the test can tell.
+    everything = replace(with_negatives, y=torch.zeros(with_negatives.num_targets))
+    c = model(everything).extras["infonce"].detach()
+    assert not torch.allclose(a, c, rtol=1e-3)
 
 
 def test_sample_unrated_matches_a_slow_enumeration():
@@ -162,9 +206,14 @@ def test_sample_unrated_matches_a_slow_enumeration():
     for u in range(r_graph.num_users):
         rated = set(r_graph.user_items[r_graph.user_indptr[u] : r_graph.user_indptr[u + 1]].tolist())
         unrated = [i for i in range(r_graph.num_items) if i not in rated]
+        if not unrated:
+            continue
         for r, want in enumerate(unrated):
             below = np.searchsorted(keys, u * (r_graph.num_items + 1) + r, side="right") - r_graph.user_indptr[u]
             assert r + below == want
+        # And the sampler itself draws exactly that set.
+        drawn = sample_unrated(r_graph, np.array([u]), 400, np.random.default_rng(u), keys).ravel()
+        assert set(drawn.tolist()) == set(unrated)
 
 
 def test_sample_unrated_refuses_a_user_who_rated_everything():

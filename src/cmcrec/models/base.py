@@ -60,7 +60,7 @@ class RatingModel(nn.Module):
     def labelled_mse(self, prediction: torch.Tensor, batch) -> torch.Tensor:
         """MSE over the batch's rated targets (the first ``batch.num_labelled``;
         ranking negatives that follow them have no rating)."""
-        return torch.nn.functional.mse_loss(prediction[: batch.num_labelled], batch.y)
+        return torch.nn.functional.mse_loss(prediction[: batch.num_labelled].float(), batch.y.float())
 
     def ranking_term(self, prediction: torch.Tensor, batch, tau: float) -> torch.Tensor | None:
         """The ranking-aware InfoNCE over ``batch.rank_index`` (``None`` when the batch has none).
@@ -71,7 +71,7 @@ class RatingModel(nn.Module):
         rank_index = getattr(batch, "rank_index", None)
         if rank_index is None:
             return None
-        score = (prediction - self.rating_min) / (self.rating_max - self.rating_min)
+        score = (prediction.float() - self.rating_min) / (self.rating_max - self.rating_min)
         return ranking_info_nce(score, rank_index, tau)
 
     def loss(self, batch, output: ModelOutput) -> tuple[torch.Tensor, dict[str, float]]:

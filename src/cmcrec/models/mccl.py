@@ -116,7 +116,10 @@ class MCCL(RatingModel):
     ``recon_edges`` ratings drawn uniformly per batch (the default, 4096: the
     exact term gathers two latents per rating and was most of view 2's cost).
     Terms of a disabled view are left out. The KL, reconstruction, InfoNCE and
-    L2 terms are computed in training mode only.
+    L2 terms are computed in training mode only. With ranking negatives in the
+    batch (``rank_weight > 0``), InfoNCE and L2 run over the rated targets only,
+    while KL and reconstruction cover every node and edge of the batch,
+    negatives' subgraphs included (both are unsupervised).
 
     Speed (CPU): both views share one sorted :class:`RelationalGraph`; view
     2's edge dropout zeroes operator values instead of re-sorting
@@ -204,15 +207,19 @@ class MCCL(RatingModel):
             extras["prediction_v2"] = self.to_scale(logits[1])
             logit = self.head(torch.cat(reps, dim=-1)).squeeze(-1)
             if self.training and c.use_infonce:
-                w = r1.shape[1] // 2
+                # Over the rated targets only: ranking negatives repeat a positive's user, and two
+                # subgraphs of one user must not be each other's in-batch negatives.
+                nl = batch.num_labelled
+                a, z2 = r1[:nl], r2[:nl]
+                w = a.shape[1] // 2
                 d = c.latent_channels
-                extras["infonce"] = info_nce(self._project(r1[:, :w]), r2[:, :d], c.tau) + info_nce(
-                    self._project(r1[:, w:]), r2[:, d:], c.tau
+                extras["infonce"] = info_nce(self._project(a[:, :w]), z2[:, :d], c.tau) + info_nce(
+                    self._project(a[:, w:]), z2[:, d:], c.tau
                 )
         else:
             logit = logits[0]
         if self.training and c.embedding_l2 > 0:
-            extras["emb_l2"] = sum(r.pow(2).sum(-1).mean() for r in reps)
+            extras["emb_l2"] = sum(r[: batch.num_labelled].pow(2).sum(-1).mean() for r in reps)
         return ModelOutput(prediction=self.to_scale(logit), extras=extras)
 
     def loss(self, batch: SubgraphBatch, output: ModelOutput) -> tuple[torch.Tensor, dict[str, float]]:

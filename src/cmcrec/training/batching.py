@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from cmcrec.errors import ConfigError
 from cmcrec.graph.batch import PairBatch, SubgraphBatch
 
 
@@ -95,7 +96,7 @@ def sample_unrated(
     unrated = graph.num_items - (graph.user_indptr[owner + 1] - graph.user_indptr[owner])
     if np.any(unrated <= 0):
         raise ValueError("sample_unrated: a user has rated every item")
-    r = (rng.random(owner.size) * unrated).astype(np.int64)  # uniform in [0, unrated)
+    r = rng.integers(0, unrated)  # uniform in [0, unrated), per entry
     below = np.searchsorted(keys, owner * (graph.num_items + 1) + r, side="right") - graph.user_indptr[owner]
     return (r + below).reshape(-1, count)
 
@@ -222,6 +223,12 @@ def make_batcher(
             raise ValueError("rank_weight > 0 needs the rating_range to place the positive threshold")
         rank_negatives = config.rank_negatives
         rank_threshold = config.positive_threshold(*rating_range)
+        lo, hi = rating_range
+        if not lo < rank_threshold <= hi:
+            raise ConfigError(
+                f"rank_threshold must lie in ({lo}, {hi}] (the rating scale) so that some ratings are "
+                f"positives and some are not, got {rank_threshold!r}"
+            )
     factories = {
         "pair": lambda: PairBatcher(seed if train else None, rank),
         "subgraph": lambda: SubgraphBatcher(

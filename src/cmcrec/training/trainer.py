@@ -290,7 +290,7 @@ class Trainer:
             batches = epoch_batches(len(train), cfg.batch_size, ctx.seed, epoch, ctx.rank, ctx.world_size)
             self.model.train()
             t0 = time.perf_counter()
-            total, seen = 0.0, 0
+            total, seen, cut = 0.0, 0, 0
             parts_sum: dict[str, float] = {}
             bar = tqdm(
                 _loader(ds, batches, ctx.num_workers, self.device.type == "cuda"),
@@ -310,16 +310,17 @@ class Trainer:
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
-                b = batch.num_labelled
+                b = batch.num_labelled  # rated targets weight the loss; ranking negatives only add subgraphs
                 total += float(loss.detach()) * b
                 seen += b
+                cut += batch.num_targets
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v * b
                 bar.set_postfix(loss=f"{total / seen:.4f}")
             train_seconds = time.perf_counter() - t0
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
-            total, seen = dist_utils.all_reduce_sums([total, float(seen)], self.device, ctx)
+            total, seen, cut = dist_utils.all_reduce_sums([total, float(seen), float(cut)], self.device, ctx)
             valid_rmse, valid_mse = self.evaluate(valid, valid_batcher)
             record = EpochRecord(
                 epoch=epoch + 1,
@@ -328,7 +329,7 @@ class Trainer:
                 valid_loss=valid_mse,
                 lr=lr,
                 seconds=time.perf_counter() - t0,
-                subgraphs_per_s=seen / max(train_seconds, 1e-9),
+                subgraphs_per_s=cut / max(train_seconds, 1e-9),
                 parts={k: v / max(seen, 1) for k, v in parts_sum.items()},
             )
             self.history.append(record)
