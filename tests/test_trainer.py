@@ -82,6 +82,27 @@ def test_early_stopping_stops():
     assert len(rec.training["history"]) < 50
 
 
+@pytest.mark.parametrize(
+    ("min_delta", "epochs_run", "best_epoch"),
+    [(0.0, 7, 5), (1e-3, 4, 4), (0.2, 3, 3)],
+)
+def test_min_delta_counts_only_real_improvements(min_delta, epochs_run, best_epoch):
+    # Scripted validation RMSEs: a real gain, then gains of 1e-4 per epoch, then nothing.
+    script = iter([1.0, 0.9, 0.8999, 0.8998, 0.8997, 0.8997, 0.8997, 0.8997])
+    split = low_rank_split(seed=1)
+    spec = get_model("mf")
+    config = spec.make_config(CFG | {"epochs": 8, "patience": 2, "min_delta": min_delta})
+    trainer = Trainer(spec.build(config, DataSpec.from_ratings(split.train)), config, RunContext(progress=False))
+    trainer.evaluate = lambda valid, batcher: (lambda r: (r, r * r))(next(script))
+    batcher = PairBatcher(seed=0)
+    result = trainer.fit(split.train, split.test, batcher, PairBatcher())
+    # Patience 2. min_delta 0: every tiny gain counts (best epoch 5, stop after 7). 1e-3: the
+    # last counted gain is epoch 2 (0.9 → 0.8999 is only 1e-4 better), stop after 4, yet the
+    # kept epoch is the lowest RMSE so far (epoch 4). 0.2: not even epoch 2 counts; stop after 3.
+    assert len(result.history) == epochs_run
+    assert result.best_epoch == best_epoch
+
+
 def test_epoch_batches_partition_and_ranks():
     whole = np.concatenate(epoch_batches(103, 10, seed=3, epoch=1))
     assert sorted(whole) == list(range(103))

@@ -109,6 +109,9 @@ class TrainConfig(ConfigBase):
         grad_clip: clip the global gradient norm to this value; ``None`` disables.
         patience: stop after this many epochs without a better validation RMSE;
             ``None`` trains all ``epochs`` (the best epoch is still the one kept).
+        min_delta: for ``patience`` only, an epoch counts as better when it lowers
+            the validation RMSE by more than this (the best epoch kept is still
+            the lowest RMSE, by any margin). 0.
         valid_fraction: share of training ratings carved off for validation
             (epoch selection and early stopping). Never the test split.
     """
@@ -121,6 +124,7 @@ class TrainConfig(ConfigBase):
     weight_decay: float = 0.0
     grad_clip: float | None = None
     patience: int | None = None
+    min_delta: float = 0.0
     valid_fraction: float = 0.05
 
     def __post_init__(self) -> None:
@@ -132,6 +136,7 @@ class TrainConfig(ConfigBase):
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
         _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "> 0 or null")
         _check(self.patience is None or self.patience >= 1, "patience", self.patience, ">= 1 or null")
+        _check(self.min_delta >= 0, "min_delta", self.min_delta, ">= 0")
         _check(0 < self.valid_fraction < 1, "valid_fraction", self.valid_fraction, "in (0, 1)")
 
 

@@ -34,6 +34,10 @@ class MFConfig(TrainConfig):
         reg: L2 weight on the factors of the users and items in each batch.
         reg_bias: L2 weight on their biases.
         init_std: standard deviation of the initial factors.
+
+    Early stopping counts an epoch as better only when it lowers the validation
+    RMSE by more than ``min_delta`` = 1e-4: once the step decay has shrunk the
+    learning rate, MF keeps improving by millionths for dozens of epochs.
     """
 
     factors: int = 64
@@ -46,6 +50,7 @@ class MFConfig(TrainConfig):
     lr_decay_factor: float = 0.7
     lr_decay_step: int = 2
     patience: int | None = 8
+    min_delta: float = 1e-4
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -179,6 +179,9 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch = -1
         self.best_valid_rmse = math.inf
+        # Early stopping's reference: the last epoch that improved by more than min_delta.
+        self.patience_epoch = -1
+        self.patience_rmse = math.inf
         self.start_epoch = 0
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -192,6 +195,8 @@ class Trainer:
             "best_state": self.best_state,
             "best_epoch": self.best_epoch,
             "best_valid_rmse": self.best_valid_rmse,
+            "patience_epoch": self.patience_epoch,
+            "patience_rmse": self.patience_rmse,
             "history": [asdict(h) for h in self.history],
             "torch_rng": torch.get_rng_state(),
         }
@@ -226,6 +231,8 @@ class Trainer:
         self.best_state = state["best_state"]
         self.best_epoch = state["best_epoch"]
         self.best_valid_rmse = state["best_valid_rmse"]
+        self.patience_epoch = state.get("patience_epoch", self.best_epoch)
+        self.patience_rmse = state.get("patience_rmse", self.best_valid_rmse)
         self.history = [EpochRecord(**h) for h in state["history"]]
         self.start_epoch = state["epoch"] + 1
         ctx = self.context
@@ -340,7 +347,10 @@ class Trainer:
             if log is not None and ctx.is_main:
                 log(record)
             self.save_checkpoint(epoch)
-            if cfg.patience is not None and epoch + 1 - self.best_epoch >= cfg.patience:
+            if valid_rmse < self.patience_rmse - cfg.min_delta:
+                self.patience_rmse = valid_rmse
+                self.patience_epoch = epoch + 1
+            if cfg.patience is not None and epoch + 1 - self.patience_epoch >= cfg.patience:
                 stopped_early = True
                 break
         if self.best_state is not None:
