@@ -190,6 +190,38 @@ def test_blog_rows_popularity_file_and_resume(split, tmp_path, monkeypatch):
     assert len(again["runs"]) == 3
 
 
+def test_blog_set_overrides_make_a_labelled_variant(split, tmp_path):
+    out = tmp_path / "blog.json"
+    models_dir = tmp_path / "models"
+    kw = {"candidates": 10, "extra": TINY, "device": "cpu", "log": lambda s: None, "models_dir": models_dir}
+    blog.run_blog(split, ["mf", "igmc"], [0], out, **kw)
+    payload = blog.run_blog(split, ["mf", "igmc"], [0], out, overrides={"rank_weight": 0.5}, **kw)
+    labels = sorted(r["model"] for r in payload["rows"])
+    # MF has no rank_weight: its run is the same and is not repeated; IGMC gets a second, labelled run.
+    assert labels == ["igmc", "igmc (rank_weight=0.5)", "mf"]
+    variant = next(r for r in payload["runs"] if r["overrides"])
+    assert variant["config"]["rank_weight"] == 0.5 and variant["model"] == "igmc"
+    assert sorted(p.name for p in models_dir.iterdir()) == [
+        "synthetic-igmc-rank_weight0.5-s0",
+        "synthetic-igmc-s0",
+        "synthetic-mf-s0",
+    ]
+
+
+def test_overrides_flag_parses_json_values():
+    from cmcrec.cli.bench import _overrides
+    from cmcrec.errors import ConfigError
+
+    assert _overrides(["rank_weight=0.3", "rank_threshold=null", "use_infonce=false", "x=abc"]) == {
+        "rank_weight": 0.3,
+        "rank_threshold": None,
+        "use_infonce": False,
+        "x": "abc",
+    }
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        _overrides(["novalue"])
+
+
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [

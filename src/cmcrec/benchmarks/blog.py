@@ -18,6 +18,7 @@ rated items), beside the catalogue's own popularity curve.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -92,10 +93,23 @@ def _key(run: dict[str, Any]) -> tuple:
         run.get("preset"),
         run.get("epochs_override"),
         run.get("max_train_ratings"),
+        json.dumps(run.get("overrides") or {}, sort_keys=True),
     )
 
 
 _ROW_KEYS = ("split", "model", "rmse", "mae", *BLOG_METRICS, "gini@10", "candidates", "seed", "num_users_evaluated")
+
+
+def model_label(run: dict[str, Any]) -> str:
+    """``model``, or ``model (key=value, ...)`` for a run trained with ``--set`` overrides."""
+    overrides = run.get("overrides") or {}
+    if not overrides:
+        return run["model"]
+    return f"{run['model']} ({', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))})"
+
+
+def _row(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: run.get(k) for k in _ROW_KEYS} | {"model": model_label(run)}
 
 
 def popularity_payload(runs: Sequence[dict[str, Any]], catalogue: np.ndarray) -> dict[str, Any]:
@@ -108,7 +122,7 @@ def popularity_payload(runs: Sequence[dict[str, Any]], catalogue: np.ndarray) ->
         "rows": [
             {
                 "split": r["split"],
-                "model": r["model"],
+                "model": model_label(r),
                 "seed": r["seed"],
                 "decile_share": r["decile_share"],
                 "mean_popularity": r["mean_popularity"],
@@ -132,6 +146,7 @@ def run_blog(
     preset: str | None = None,
     epochs: int | None = None,
     extra: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
     max_train_ratings: int | None = None,
     device: str = "auto",
     num_workers: int = 0,
@@ -148,6 +163,10 @@ def run_blog(
         popularity_out: the popularity-profile JSON, rebuilt from all runs in ``out``.
         candidates: items re-ranked per user by subgraph models.
         preset, epochs, extra: see :func:`~cmcrec.benchmarks.accuracy.model_config`.
+        overrides: config overrides applied after ``extra`` that define a variant
+            (the CLI's ``--set``): recorded with each run, part of its resume key
+            and of its row's model label (:func:`model_label`), for the models
+            whose config has the key.
     """
     from cmcrec.evaluation.protocols import PopularityRanker, evaluate_full_ranking, evaluate_ratings
 
@@ -159,7 +178,10 @@ def run_blog(
     done = {_key(r) for r in runs}
     command = command_line()
     for model in models:
-        config = None if model == POPULARITY else model_config(model, preset, epochs, extra)
+        merged = {**(extra or {}), **(overrides or {})}
+        config = None if model == POPULARITY else model_config(model, preset, epochs, merged)
+        # The overrides this model's config actually took (model_config ignores keys it lacks).
+        applied = {} if config is None else {k: v for k, v in (overrides or {}).items() if hasattr(config, k)}
         for seed in seeds:
             run: dict[str, Any] = {
                 "dataset": train.name.split("/")[0],
@@ -170,6 +192,7 @@ def run_blog(
                 "preset": preset,
                 "epochs_override": epochs,
                 "max_train_ratings": max_train_ratings,
+                "overrides": applied,
             }
             if _key(run) in done:
                 continue
@@ -180,8 +203,9 @@ def run_blog(
                 run |= {"candidates": "all", "config": None}
             else:
                 context = RunContext(device=device, seed=seed, num_workers=num_workers, progress=False)
+                tag = "".join(f"-{k}{v}" for k, v in sorted(applied.items()))
                 rec = fit_or_load(
-                    model, train, config, context, models_dir, f"{split.name.replace('/', '-')}-{model}-s{seed}"
+                    model, train, config, context, models_dir, f"{split.name.replace('/', '-')}-{model}{tag}-s{seed}"
                 )
                 ranker = _RecordingRanker(RecommenderRanker(rec, candidates))
                 accuracy = dict(evaluate_ratings(rec.predict_indices(test.user, test.item), test))
@@ -212,15 +236,15 @@ def run_blog(
             done.add(_key(run))
             rm = "   -  " if run["rmse"] is None else f"{run['rmse']:.4f}"
             log(
-                f"{model:<10} seed {seed}: RMSE {rm}  Recall@10 {run['recall@10']:.4f}  NDCG@10 {run['ndcg@10']:.4f}  "
-                f"coverage@10 {run['coverage@10']:.3f}  ({run['wall_seconds']:.0f}s)"
+                f"{model_label(run):<10} seed {seed}: RMSE {rm}  Recall@10 {run['recall@10']:.4f}  "
+                f"NDCG@10 {run['ndcg@10']:.4f}  coverage@10 {run['coverage@10']:.3f}  ({run['wall_seconds']:.0f}s)"
             )
             payload = {
                 "description": "One split, every model: test RMSE; full-catalogue Recall/NDCG@10, coverage@10, "
                 "average popularity and head share (top 10% items) of the top-10 lists of the test users with a "
                 "relevant item; `candidates` = items each list was chosen from ('all', or the item-kNN "
                 "candidates a subgraph model re-ranks). popularity = most-popular baseline (no RMSE).",
-                "rows": [{k: r.get(k) for k in _ROW_KEYS} for r in runs],
+                "rows": [_row(r) for r in runs],
                 "runs": runs,
                 "machine": machine(),
                 "date": now(),

@@ -28,6 +28,21 @@ def _ints(value: str, flag: str) -> list[int]:
         raise ConfigError(f"{flag}: expected comma-separated integers, got {value!r}") from None
 
 
+def _overrides(pairs: list[str] | None, flag: str = "--set") -> dict:
+    """``KEY=VALUE`` strings → a dict; values parse as JSON (numbers, true/false, null), else stay strings."""
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{flag}: expected KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
 @bench_app.command("accuracy")
 def accuracy(
     datasets: Annotated[str, typer.Option("--datasets", help="Comma-separated dataset names.")] = (
@@ -322,6 +337,14 @@ def blog(
         Path | None,
         typer.Option("--models-dir", help="Save trained models here; reuse ones trained with the same config."),
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Config override KEY=VALUE for the models that have KEY (repeatable); recorded with each run "
+            "and shown in its row's model label, e.g. --set rank_weight=0.3.",
+        ),
+    ] = None,
     as_json: StudyJson = False,
 ) -> None:
     """RMSE, Recall/NDCG@10, coverage and popularity bias of every model on one split (the blog's table)."""
@@ -332,6 +355,7 @@ def blog(
 
     ms = _check_models(models, allowed_extra=(POPULARITY,))
     seed_list = _ints(seeds, "--seeds")
+    extra = _overrides(set_)
     _check_common(dataset, preset, epochs, max_train_ratings, candidates)
     _check_split_name(dataset, split)
     _check_device(device)
@@ -348,6 +372,7 @@ def blog(
         preset=preset,
         epochs=epochs,
         max_train_ratings=max_train_ratings,
+        overrides=extra or None,
         device=device,
         num_workers=num_workers,
         models_dir=models_dir,
