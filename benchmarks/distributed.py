@@ -68,7 +68,7 @@ def worker(args: argparse.Namespace) -> None:
     from cmcrec.models.presets import preset_overrides
     from cmcrec.models.registry import DataSpec, get_model
     from cmcrec.training import distributed as dist_utils
-    from cmcrec.training.batching import make_batcher
+    from cmcrec.training.batching import fit_batchers
     from cmcrec.training.trainer import Trainer
 
     ctx = dist_utils.init_from_env(
@@ -92,20 +92,7 @@ def worker(args: argparse.Namespace) -> None:
     graph = RatingGraph.from_ratings(fit_part)
     kind = module.batch_kind
     t0 = time.perf_counter()
-    result = trainer.fit(
-        fit_part,
-        valid,
-        make_batcher(
-            kind,
-            config,
-            graph,
-            train=True,
-            seed=args.seed,
-            rank=ctx.rank,
-            rating_range=(data.rating_min, data.rating_max),
-        ),
-        make_batcher(kind, config, graph, train=False, seed=args.seed),
-    )
+    result = trainer.fit(fit_part, valid, *fit_batchers(kind, config, graph, data, seed=args.seed, rank=ctx.rank))
     wall = time.perf_counter() - t0
     if ctx.is_main:
         last = result.history[-1]

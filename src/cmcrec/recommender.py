@@ -34,7 +34,7 @@ from cmcrec.data.ratings import Ratings, RatingScale, Vocabulary
 from cmcrec.errors import ArtifactError, CmcrecError
 from cmcrec.models.base import RatingModel
 from cmcrec.models.registry import DataSpec, get_model
-from cmcrec.training.batching import make_batcher
+from cmcrec.training.batching import fit_batchers, make_batcher
 from cmcrec.training.trainer import EpochRecord, Trainer, TrainResult, predict_rows, resolve_device
 
 FORMAT = "cmcrec-model"
@@ -140,21 +140,8 @@ class Recommender:
             trainer.load_checkpoint(checkpoint_dir)
         graph = RatingGraph.from_ratings(fit_part)
         kind = module.batch_kind
-        result: TrainResult = trainer.fit(
-            fit_part,
-            valid,
-            make_batcher(
-                kind,
-                config,
-                graph,
-                train=True,
-                seed=context.seed,
-                rank=context.rank,
-                rating_range=(data.rating_min, data.rating_max),
-            ),
-            make_batcher(kind, config, graph, train=False, seed=context.seed),
-            log=log,
-        )
+        batchers = fit_batchers(kind, config, graph, data, seed=context.seed, rank=context.rank)
+        result: TrainResult = trainer.fit(fit_part, valid, *batchers, log=log)
         summary = result.to_dict() | {"num_train": len(fit_part), "num_valid": len(valid), "seed": context.seed}
         # Predictions use every training rating (validation included) as graph context.
         return cls(model, config, trainer.model, train, training=summary, device=str(trainer.device), data=data)

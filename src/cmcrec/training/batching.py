@@ -244,3 +244,11 @@ def make_batcher(
     if batch_kind not in factories:
         raise ValueError(f"unknown batch kind {batch_kind!r}")
     return factories[batch_kind]()
+
+
+def fit_batchers(batch_kind: str, config, graph, data, *, seed: int, rank: int = 0) -> tuple:
+    """The ``(train, valid)`` batchers :meth:`Trainer.fit` takes, for data described by ``data``
+    (a :class:`~cmcrec.models.registry.DataSpec`: its rating range places the ranking term's threshold)."""
+    rating_range = (data.rating_min, data.rating_max)
+    train = make_batcher(batch_kind, config, graph, train=True, seed=seed, rank=rank, rating_range=rating_range)
+    return train, make_batcher(batch_kind, config, graph, train=False, seed=seed)
