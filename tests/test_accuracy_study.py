@@ -8,6 +8,7 @@ from synthetic import low_rank_split
 from cmcrec.benchmarks.accuracy import aggregate, format_table, model_config
 from cmcrec.benchmarks.common import fit_or_load
 from cmcrec.config import RunContext
+from cmcrec.models.registry import get_model
 
 
 def _run(dataset, model, seed, rmse):
@@ -45,11 +46,18 @@ def test_preset_applies_to_subgraph_models_only():
 
 def test_fit_or_load_reuses_only_matching_models(tmp_path):
     split = low_rank_split(seed=6)
-    config = model_config("mf", None, 2)
+    config = model_config("mf", None, None, {"epochs": 2})
     ctx = RunContext(seed=0, progress=False)
     first = fit_or_load("mf", split.train, config, ctx, tmp_path, "m")
     again = fit_or_load("mf", split.train, config, ctx, tmp_path, "m")
     assert again.training["history"] == first.training["history"]
     # A different config is retrained, not silently reused.
-    other = fit_or_load("mf", split.train, model_config("mf", None, 3), ctx, tmp_path, "m")
+    other = fit_or_load("mf", split.train, model_config("mf", None, None, {"epochs": 3}), ctx, tmp_path, "m")
     assert len(other.training["history"]) == 3
+
+
+def test_epochs_override_budgets_subgraph_models_only():
+    assert model_config("igmc", "cpu", 3).epochs == 3
+    assert model_config("mccl", None, 5).epochs == 5
+    assert model_config("mf", "cpu", 3).epochs == get_model("mf").make_config().epochs
+    assert model_config("bias", None, 3).epochs == get_model("bias").make_config().epochs

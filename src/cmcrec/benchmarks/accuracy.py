@@ -24,12 +24,17 @@ from cmcrec.models.registry import get_model
 
 
 def model_config(model: str, preset: str | None, epochs: int | None, extra: dict[str, Any] | None = None):
-    """The config a study trains ``model`` with: preset, then ``extra`` overrides, then ``epochs``."""
+    """The config a study trains ``model`` with: preset, then ``extra`` overrides, then ``epochs``.
+
+    Like a preset, ``epochs`` budgets the subgraph models only: id-based models
+    (MF, bias) train in seconds with their own schedule and early stopping, and
+    cutting them to a subgraph model's few epochs would make them a straw man.
+    """
     spec = get_model(model)
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     overrides = preset_overrides(preset, fields) if preset else {}
     overrides |= {k: v for k, v in (extra or {}).items() if k in fields}
-    if epochs is not None:
+    if epochs is not None and "max_nodes_per_hop" in fields:
         overrides["epochs"] = epochs
     return spec.make_config(overrides)
 

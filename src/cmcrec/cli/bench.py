@@ -53,7 +53,9 @@ def accuracy(
     ),
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
     preset: Annotated[str | None, typer.Option("--preset", help="Config preset (cpu, paper).")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Override epochs.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Override the subgraph models' epochs (MF and bias keep theirs).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Results JSON (runs already there are skipped).")] = Path(
         "benchmarks/results/accuracy.json"
     ),
@@ -108,7 +110,10 @@ StudyDataDir = Annotated[
 StudyDevice = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 StudyWorkers = Annotated[int, typer.Option("--num-workers", help="DataLoader workers extracting subgraphs.")]
 StudyPreset = Annotated[str | None, typer.Option("--preset", help="Config preset: 'cpu' (laptop budget) or 'paper'.")]
-StudyEpochs = Annotated[int | None, typer.Option("--epochs", help="Override every model's epochs.")]
+StudyEpochs = Annotated[
+    int | None,
+    typer.Option("--epochs", help="Override the subgraph models' epochs (MF and bias keep their own schedule)."),
+]
 StudySeeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")]
 StudyMaxTrain = Annotated[
     int | None,
