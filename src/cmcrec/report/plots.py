@@ -458,7 +458,7 @@ def inductive_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
             ax.set_title(f"{where}{'RMSE' if metric == 'rmse' else metric} of new users", fontsize=10)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle("Inductive cold start: users unseen in training, scored from k given ratings (no retraining)")
+    fig.suptitle("Inductive cold start: unseen users scored from k ratings\n(no retraining)", fontsize=11)
     return fig
 
 
