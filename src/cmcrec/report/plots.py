@@ -397,6 +397,8 @@ def cold_start_bucket_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
     )
     width = 0.8 / len(models)
     for row, (split, split_rows) in enumerate(splits):
+        # A bucket no test user falls in (num_users 0) has nothing to draw.
+        split_rows = [(i, r) for i, r in split_rows if r.get("num_users") != 0]
         buckets = sorted(_order(str(r["bucket"]) for _, r in split_rows), key=_bucket_key)
         users = {str(r["bucket"]): r.get("num_users") for _, r in split_rows if r.get("num_users") is not None}
         for ax, metric in zip(axes[row], metrics, strict=True):
