@@ -54,6 +54,8 @@ MODELS = [
         id="igmc",
         marks=pytest.mark.skipif(not _igmc_available(), reason="cmcrec.models.igmc does not import yet"),
     ),
+    # The ranking-aware term: extra subgraphs per batch, a rank's batch may hold no positive.
+    pytest.param("igmc", IGMC_CONFIG | {"rank_weight": 0.5, "rank_negatives": 2}, id="igmc-rank"),
 ]
 
 
