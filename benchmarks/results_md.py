@@ -43,7 +43,9 @@ def accuracy_section(d: dict) -> list[str]:
     out = ["## Accuracy (test RMSE, standard splits)", ""]
     out.append(
         "Single models, epoch chosen on a validation share of the training ratings; mean ± sample std over seeds. "
-        "Published IGMC numbers average several checkpoints (ensemble); ours are single models."
+        "Published IGMC numbers average several checkpoints (ensemble); ours are single models. "
+        "s/run is the training wall time of one run, often with other jobs sharing the 2 cores: "
+        "speed is measured in the throughput tables, not here."
     )
     out.append("")
     out.append(
