@@ -210,8 +210,13 @@ def ranking_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
         raise DataError("no ranking metric (recall@10, ndcg@10, coverage@10, ...) in any row", path=src.path)
     datasets = _order(r.get("dataset") for r in sel)
     models = _order(str(r["model"]) for r in sel)
-    fig, axes = _new_figure(len(metrics), width=max(3.2, 0.7 * len(sel) + 1.2))
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    # Two panels a row, so many models still give a figure one can read at page width.
+    ncols = min(2, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = _new_figure(ncols, nrows=nrows, width=max(3.2, 0.7 * len(sel) + 1.2), height=4.0)
+    for ax in axes.ravel()[len(metrics) :]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.ravel(), metrics, strict=False):
         have = [r for r in sel if _num(r.get(metric)) is not None]
         labels = [str(r["model"]) + (f" ({r.get('dataset')})" if len(datasets) > 1 else "") for r in have]
         _bars(ax, labels, [r[metric] for r in have], [0.0] * len(have), [colors[str(r["model"])] for r in have])
