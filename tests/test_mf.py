@@ -34,7 +34,7 @@ def test_score_is_mu_plus_biases_plus_dot():
         m.item_bias.weight[4] = -0.25
     u, i = torch.tensor([2]), torch.tensor([4])
     expected = 3.0 + 0.5 - 0.25 + float((m.user_factors.weight[2] @ m.item_factors.weight[4]).detach())
-    assert float(m.score(u, i)) == np.float32(expected)
+    assert float(m.score(u, i).detach()) == np.float32(expected)
     np.testing.assert_allclose(m.score_all(u)[0, 4].item(), expected, rtol=1e-6)
 
 
