@@ -103,6 +103,29 @@ def test_min_delta_counts_only_real_improvements(min_delta, epochs_run, best_epo
     assert result.best_epoch == best_epoch
 
 
+def test_min_delta_patience_survives_resume(tmp_path):
+    # Straight: stops after epoch 4 (see above). Resumed from the checkpoint of epoch 2 (an epoch that
+    # improved), it must stop after epoch 4 too: the checkpoint holds patience as of that epoch.
+    values = [1.0, 0.9, 0.8999, 0.8998, 0.8997, 0.8997, 0.8997, 0.8997]
+    split = low_rank_split(seed=1)
+    spec = get_model("mf")
+
+    def trainer(epochs, script):
+        config = spec.make_config(CFG | {"epochs": epochs, "patience": 2, "min_delta": 1e-3})
+        t = Trainer(
+            spec.build(config, DataSpec.from_ratings(split.train)), config, RunContext(progress=False), tmp_path
+        )
+        t.evaluate = lambda valid, batcher: (lambda r: (r, r * r))(next(script))
+        return t
+
+    first = trainer(2, iter(values))
+    first.fit(split.train, split.test, PairBatcher(seed=0), PairBatcher())
+    resumed = trainer(8, iter(values[2:]))
+    resumed.load_checkpoint(tmp_path)
+    result = resumed.fit(split.train, split.test, PairBatcher(seed=0), PairBatcher())
+    assert len(result.history) == 4 and result.stopped_early
+
+
 def test_epoch_batches_partition_and_ranks():
     whole = np.concatenate(epoch_batches(103, 10, seed=3, epoch=1))
     assert sorted(whole) == list(range(103))

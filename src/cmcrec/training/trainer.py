@@ -344,12 +344,13 @@ class Trainer:
                 self.best_valid_rmse = valid_rmse
                 self.best_epoch = epoch + 1
                 self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-            if log is not None and ctx.is_main:
-                log(record)
-            self.save_checkpoint(epoch)
+            # Before the checkpoint, so a resumed run counts patience from the same epoch.
             if valid_rmse < self.patience_rmse - cfg.min_delta:
                 self.patience_rmse = valid_rmse
                 self.patience_epoch = epoch + 1
+            if log is not None and ctx.is_main:
+                log(record)
+            self.save_checkpoint(epoch)
             if cfg.patience is not None and epoch + 1 - self.patience_epoch >= cfg.patience:
                 stopped_early = True
                 break
