@@ -145,7 +145,7 @@ class SubgraphBatcher(_SeededBatcher):
         items = np.asarray(items, dtype=np.int64)
         y = None if y is None else np.asarray(y, dtype=np.float32)
         rng = self.generator()
-        rank_index = None
+        rank_index, y_all = None, y
         if self.rank_negatives and y is not None:
             b, m = len(users), self.rank_negatives
             g = self.graph
@@ -158,9 +158,7 @@ class SubgraphBatcher(_SeededBatcher):
             )
             users = np.concatenate([users, np.repeat(users[positive], m)])
             items = np.concatenate([items, negatives.reshape(-1)])
-        y_all = y
-        if rank_index is not None:
-            y_all = np.concatenate([y, np.full(len(users) - len(y), np.nan, np.float32)])
+            y_all = np.concatenate([y, np.full(negatives.size, np.nan, np.float32)])  # negatives have no rating
         batch = extract_subgraphs(
             self.graph, users, items, max_nodes_per_hop=self.max_nodes_per_hop, hops=self.hops, rng=rng, y=y_all
         )
