@@ -12,6 +12,7 @@ from cmcrec.models.layers import (
     RelationalGraph,
     RGCNConv,
     RGCNStack,
+    _spmm,
     dropout_edges_undirected,
     gather_rows,
     info_nce,
@@ -84,9 +85,10 @@ def _slow_rgcn(conv: RGCNConv, x, edge_index, edge_type, edge_weight):
     return torch.stack(rows)
 
 
-def test_rgcn_matches_slow_loop_on_random_graph():
+@pytest.mark.parametrize("n", [12, 30_000])  # 30,000 * 3 slots > 2**16: the int32 sort path, else int16
+def test_rgcn_matches_slow_loop_on_random_graph(n):
     g = torch.Generator().manual_seed(0)
-    n, r, e = 12, 3, 50
+    r, e = 3, 50
     edge_index = torch.randint(0, n, (2, e), generator=g)
     edge_type = torch.randint(0, r, (e,), generator=g)
     x = torch.randn(n, 4, generator=g, dtype=torch.float64)
@@ -95,6 +97,19 @@ def test_rgcn_matches_slow_loop_on_random_graph():
     torch.testing.assert_close(conv(x, edge_index, edge_type, w), _slow_rgcn(conv, x, edge_index, edge_type, w))
     ones = torch.ones(e, dtype=torch.float64)
     torch.testing.assert_close(conv(x, edge_index, edge_type), _slow_rgcn(conv, x, edge_index, edge_type, ones))
+
+
+def test_sparse_product_never_reads_its_output_buffer():
+    """``_spmm`` relies on ``addmm(beta=0)`` ignoring the buffer it writes into, NaNs and empty rows included."""
+    crow = torch.tensor([0, 2, 2, 3])  # row 1 has no nonzeros
+    a = torch.sparse_csr_tensor(
+        crow, torch.tensor([0, 2, 1]), torch.tensor([1.0, 2.0, 3.0]), (3, 3), check_invariants=True
+    )
+    x = torch.arange(6.0).view(3, 2)
+    out = torch.full((3, 2), float("nan"))
+    torch.addmm(out, a, x, beta=0.0, out=out)
+    torch.testing.assert_close(out, a.to_dense() @ x)
+    torch.testing.assert_close(_spmm(a, x), a.to_dense() @ x)
 
 
 def test_rgcn_gradcheck_x_and_edge_weight():

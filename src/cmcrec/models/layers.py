@@ -47,9 +47,35 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tupl
         return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
+def _spmm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a @ x`` for a CSR ``a`` and a dense ``x``.
+
+    On CPU, ``a @ x`` zero-fills its output and copies it around the MKL call;
+    ``addmm`` with ``beta=0`` into a fresh buffer skips both (2-3x faster on a
+    batch's aggregation operator; ``beta=0`` never reads the buffer, so its
+    uninitialised contents cannot leak in).
+    """
+    if x.device.type != "cpu":
+        return a @ x
+    out = x.new_empty(a.shape[0], x.shape[1])
+    return torch.addmm(out, a, x.contiguous(), beta=0.0, out=out)
+
+
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     # Sparse kernels run in float32/float64; half-precision inputs (autocast) are upcast.
     return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _narrow_keys(key: torch.Tensor, slots: int, idx: torch.dtype) -> torch.Tensor:
+    """Sort keys in ``[0, slots)`` in the narrowest integer type PyTorch radix-sorts.
+
+    A stable CPU sort of int16 keys is about 2x faster than of int32 and 4x
+    faster than of int64 (fewer radix passes). Shifting by ``-2**15`` keeps the
+    order, so the stable sort's permutation is the same.
+    """
+    if slots <= 2**16:
+        return (key - 2**15).to(torch.int16)
+    return key.to(idx)
 
 
 def _crow(counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -74,7 +100,6 @@ class RelationalGraph:
         src: int64 ``(E,)`` source node of each edge.
         dst: int64 ``(E,)`` destination node of each edge.
         key: int64 ``(E,)`` ``dst * R + edge_type``: the (node, relation) slot each message lands in.
-        norm: float32 ``(E,)`` ``1 / |N_r(dst)|``, the mean-per-relation factor.
         key_perm: edges sorted by ``key`` (hence by ``dst``).
         key_crow: ``(N*R + 1,)`` row pointers of the aggregation operator ``A`` ``(N*R, N)``.
         key_col: ``(E,)`` column (source node) of each nonzero of ``A``.
@@ -86,7 +111,8 @@ class RelationalGraph:
         t_perm: ``(E,)`` key-order position of each nonzero of ``A^T`` (of each ``src_perm`` edge).
         key_sorted: ``(E,)`` ``key`` in key order.
         dst_sorted: ``(E,)`` ``dst`` in key order.
-        norm_sorted: float32 ``(E,)`` ``norm`` in key order; zero for edges dropped by
+        norm_sorted: float32 ``(E,)`` ``1 / |N_r(dst)|``, the mean-per-relation factor, in key
+            order (:attr:`norm` is the same in edge order); zero for edges dropped by
             :meth:`dropout_undirected`.
         paired: edge ``e + E/2`` is edge ``e`` reversed (see :meth:`build`).
     """
@@ -96,7 +122,6 @@ class RelationalGraph:
     src: torch.Tensor
     dst: torch.Tensor
     key: torch.Tensor
-    norm: torch.Tensor
     key_perm: torch.Tensor
     key_crow: torch.Tensor
     key_col: torch.Tensor
@@ -140,8 +165,7 @@ class RelationalGraph:
         small = max(slots, num_edges) <= _INT32_MAX
         idx = torch.int32 if small else torch.int64
         key = dst * num_relations + edge_type  # (E,)
-        # int32 keys take PyTorch's radix-sort path: ~2-3x faster than an int64 sort on CPU.
-        key_perm = torch.sort(key.to(idx), stable=True).indices
+        key_perm = torch.sort(_narrow_keys(key, slots, idx), stable=True).indices
         key_sorted = key.index_select(0, key_perm)
         src_by_key = src.index_select(0, key_perm)
         key_counts = torch.bincount(key, minlength=slots)
@@ -169,14 +193,12 @@ class RelationalGraph:
             src_perm = key_perm.index_select(0, t_perm)
             src_counts = torch.bincount(src, minlength=num_nodes)
         norm_sorted = 1.0 / key_counts.index_select(0, key_sorted).to(torch.float32)
-        norm = torch.empty_like(norm_sorted).index_put_((key_perm,), norm_sorted)
         return cls(
             num_nodes=num_nodes,
             num_relations=num_relations,
             src=src,
             dst=dst,
             key=key,
-            norm=norm,
             key_perm=key_perm,
             key_crow=_crow(key_counts, idx),
             key_col=src_by_key.to(idx),
@@ -186,7 +208,7 @@ class RelationalGraph:
             dst_crow=_crow(dst_counts, idx),
             t_perm=t_perm.to(idx),
             key_sorted=key_sorted,
-            dst_sorted=torch.div(key_sorted, num_relations, rounding_mode="floor"),
+            dst_sorted=dst.index_select(0, key_perm),
             norm_sorted=norm_sorted,
             paired=paired,
         )
@@ -194,6 +216,11 @@ class RelationalGraph:
     @property
     def num_edges(self) -> int:
         return int(self.src.numel())
+
+    @property
+    def norm(self) -> torch.Tensor:
+        """float32 ``(E,)`` ``1 / |N_r(dst)|`` in the caller's edge order (``norm_sorted`` unsorted)."""
+        return torch.empty_like(self.norm_sorted).index_put_((self.key_perm,), self.norm_sorted)
 
     def dropout_undirected(self, p: float, generator: torch.Generator | None = None) -> RelationalGraph:
         """The same graph with each undirected edge (both directions together) dropped with probability ``p``.
@@ -249,7 +276,7 @@ class _Aggregate(torch.autograd.Function):
         a = _csr(graph.key_crow, graph.key_col, value, (n * r, n))
         ctx.save_for_backward(x, value)
         ctx.graph = graph
-        return a @ x  # (N*R, C)
+        return _spmm(a, x)  # (N*R, C)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -260,7 +287,7 @@ class _Aggregate(torch.autograd.Function):
         n, r = graph.num_nodes, graph.num_relations
         if ctx.needs_input_grad[0]:
             at = _csr(graph.src_crow, graph.src_col, value.index_select(0, graph.t_perm), (n, n * r))
-            grad_x = at @ grad  # (N, C)
+            grad_x = _spmm(at, grad)  # (N, C)
         if ctx.needs_input_grad[1]:
             # d loss / d value_e = <grad[key_e], x[src_e]>: (grad @ x^T) sampled at A's pattern, in key order.
             pattern = _csr(graph.key_crow, graph.key_col, value.new_zeros(value.numel()), (n * r, n))
@@ -294,7 +321,7 @@ class _Gather(torch.autograd.Function):
         grad = grad.contiguous().to(dtype)
         ones = grad.new_ones(col.numel())
         incidence = _csr(crow, col, ones, (ctx.num_nodes, grad.shape[0]))  # (N, E)
-        return (incidence @ grad).to(ctx.dtype), None, None, None
+        return _spmm(incidence, grad).to(ctx.dtype), None, None, None
 
 
 def _to_edge_order(sorted_values: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
@@ -448,6 +475,35 @@ class RGCNConv(nn.Module):
         )
 
 
+def _scatter_to_endpoints(grad: torch.Tensor, graph: RelationalGraph, num_nodes: int):
+    """Sums of key-order per-edge rows ``grad`` ``(E, H)`` over each node's out-edges and in-edges.
+
+    The backward of ``a[src] + b[dst]`` (key order): CSR products with the
+    graph's pre-sorted incidence matrices instead of ``index_add_``.
+    """
+    e = grad.shape[0]
+    ones = grad.new_ones(e)
+    by_src = _csr(graph.src_crow, graph.t_perm, ones, (num_nodes, e))  # (N, E): rows sources, cols key order
+    by_dst = _csr(graph.dst_crow, torch.arange(e, dtype=graph.dst_crow.dtype), ones, (num_nodes, e))
+    return _spmm(by_src, grad), _spmm(by_dst, grad)
+
+
+class _EdgeSum(torch.autograd.Function):
+    """``a[src_e] + b[dst_e]`` for every edge, in key order: ``(E, H)``; the backward is two CSR products."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
+        ctx.graph = graph
+        ctx.num_nodes = a.shape[0]
+        return a.index_select(0, graph.key_col) + b.index_select(0, graph.dst_sorted)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        dtype = _compute_dtype(grad)
+        grad_a, grad_b = _scatter_to_endpoints(grad.contiguous().to(dtype), ctx.graph, ctx.num_nodes)
+        return grad_a, grad_b, None
+
+
 class _EdgeMLP(torch.autograd.Function):
     """``v · relu(a[src_e] + b[dst_e])`` for every edge, in key order: ``(E,)``.
 
@@ -475,11 +531,8 @@ class _EdgeMLP(torch.autograd.Function):
         grad_v = hid.T @ grad  # (H,)
         # d/d pre = 1[pre > 0] · grad_e · v: ReLU's own backward kernel, reading the saved output.
         grad_pre = torch.ops.aten.threshold_backward(torch.outer(grad, v.to(dtype)), hid, 0)  # (E, H)
-        n, e = ctx.num_nodes, hid.shape[0]
-        ones = grad.new_ones(e)
-        by_src = _csr(graph.src_crow, graph.t_perm, ones, (n, e))  # (N, E): rows sources, cols key order
-        by_dst = _csr(graph.dst_crow, torch.arange(e, dtype=graph.dst_crow.dtype), ones, (n, e))
-        return by_src @ grad_pre, by_dst @ grad_pre, grad_v, None
+        grad_a, grad_b = _scatter_to_endpoints(grad_pre, graph, ctx.num_nodes)
+        return grad_a, grad_b, grad_v, None
 
 
 class EdgeScorer(nn.Module):
@@ -534,9 +587,7 @@ class EdgeScorer(nn.Module):
     def score_sorted(self, x: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
         """Raw scores in ``(0, 1)`` in key order (see :class:`RelationalGraph`): ``(E,)``."""
         if self.lin_out is None:
-            a = self.lin_src(x).squeeze(-1)  # (N,)
-            b = self.lin_dst(x).squeeze(-1)  # (N,)
-            return torch.sigmoid(a.index_select(0, graph.key_col) + b.index_select(0, graph.dst_sorted))
+            return torch.sigmoid(_EdgeSum.apply(self.lin_src(x), self.lin_dst(x), graph).squeeze(-1))
         logit = _EdgeMLP.apply(self.lin_src(x), self.lin_dst(x), self.lin_out.weight.view(-1), graph)
         return torch.sigmoid(logit + self.lin_out.bias)
 
