@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     from cmcrec.benchmarks.common import machine
     from cmcrec.data.datasets import load_split
     from cmcrec.graph.csr import RatingGraph
+    from cmcrec.training.allocator import tune_cpu_allocator
 
+    malloc_tuned = args.device == "cpu" and tune_cpu_allocator()  # as the trainer does
     train = load_split("ml-100k", "u1", data_dir=args.data_dir).train
     graph = RatingGraph.from_ratings(train)
     rng = np.random.default_rng(args.seed)
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "num_workers": args.num_workers,
         "torch_threads": torch.get_num_threads(),
+        "malloc_tuned": malloc_tuned,
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

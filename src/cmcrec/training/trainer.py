@@ -33,6 +33,7 @@ from cmcrec.data.ratings import Ratings
 from cmcrec.errors import ArtifactError, ConfigError
 from cmcrec.models.base import RatingModel
 from cmcrec.training import distributed as dist_utils
+from cmcrec.training.allocator import tune_cpu_allocator
 from cmcrec.training.batching import TargetRows, identity_collate
 
 
@@ -168,6 +169,8 @@ class Trainer:
         self.context = context or RunContext()
         self.config = config
         self.device = resolve_device(self.context.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
         self.model = model.to(self.device)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.engine = dist_utils.wrap_model(self.model, self.device, self.context)
