@@ -217,3 +217,36 @@ def test_mccl_full_recon_option():
     assert parts["recon"] >= 0
     with pytest.raises(ConfigError, match="recon_edges"):
         MCCLConfig(recon_edges=0)
+
+
+@pytest.mark.parametrize("kind", ["full", "view2"])
+def test_eval_view2_on_targets_equals_full_computation(kind):
+    """In eval mode view 2 runs its last layer and μ on the targets only; the
+    prediction must equal reading z = μ off the full all-node computation."""
+    from cmcrec.models.layers import RelationalGraph, target_readout
+
+    batch = make_batch(GRAPHS)
+    model = build(kind).eval()
+    with torch.no_grad():
+        x = torch.nn.functional.one_hot(batch.node_label, 4).float()
+        g = RelationalGraph.build(batch.edge_index, batch.edge_type, batch.num_nodes, R, paired=True)
+        mu = model.gauss.mu(model.view2(x, batch.edge_index, batch.edge_type, g))  # all nodes
+        r2 = target_readout(mu, batch.user_pos, batch.item_pos)
+        expected = model.to_scale(model.head2(r2).squeeze(-1))
+        out = model(batch)
+    got = out.extras["prediction_v2"] if kind == "full" else out.prediction
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["igmc", "full"])
+def test_linear_output_is_affine_and_clamped_outside_training(kind):
+    model = build(kind, output="linear")
+    logits = torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0])
+    model.train()
+    torch.testing.assert_close(model.to_scale(logits), torch.tensor([-3.0, 1.0, 3.0, 4.0, 5.0, 7.0]))
+    model.eval()
+    torch.testing.assert_close(model.to_scale(logits), torch.tensor([1.0, 1.0, 3.0, 4.0, 5.0, 5.0]))
+    loss, _ = model.train().loss(make_batch(GRAPHS), model(make_batch(GRAPHS)))
+    loss.backward()
+    with pytest.raises(ConfigError, match="output"):
+        IGMCConfig(output="tanh")

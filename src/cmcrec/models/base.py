@@ -50,8 +50,22 @@ class RatingModel(nn.Module):
         self.rating_min = float(rating_min)
         self.rating_max = float(rating_max)
 
+    #: How :meth:`to_scale` maps head outputs: ``"sigmoid"`` or ``"linear"`` (set from a model's config).
+    output: str = "sigmoid"
+
     def to_scale(self, logits: torch.Tensor) -> torch.Tensor:
-        """Map unbounded head outputs into the rating range with a sigmoid."""
+        """Map unbounded head outputs onto the rating scale.
+
+        ``"sigmoid"``: ``r_min + (r_max − r_min) · σ(logit)``, always inside the
+        range. ``"linear"`` (IGMC's head): ``mid + half_range · logit``, an
+        affine map that only fixes the unit, so a zero logit is the middle of
+        the scale on any scale; clamped into the range outside training (a
+        prediction beyond the scale is never better than its end).
+        """
+        if self.output == "linear":
+            half = 0.5 * (self.rating_max - self.rating_min)
+            out = self.rating_min + half + half * logits
+            return out if self.training else out.clamp(self.rating_min, self.rating_max)
         return self.rating_min + (self.rating_max - self.rating_min) * torch.sigmoid(logits)
 
     def forward(self, batch) -> ModelOutput:  # pragma: no cover - abstract

@@ -60,6 +60,10 @@ class SubgraphModelConfig(TrainConfig):
             means three quarters up the scale (4 on 1–5, 3.875 on 0.5–5).
         rank_tau: temperature of the ranking term, applied to predictions
             rescaled to ``[0, 1]``. 0.1.
+        output: how the rating head(s) map onto the scale: ``"sigmoid"``
+            (squashed into the range; MCCL's head, DESIGN §1) or ``"linear"``
+            (IGMC's head: affine, clamped into the range outside training).
+            See :meth:`~cmcrec.models.base.RatingModel.to_scale`.
     """
 
     hidden_channels: int = 32
@@ -75,9 +79,11 @@ class SubgraphModelConfig(TrainConfig):
     rank_negatives: int = 3
     rank_threshold: float | None = None
     rank_tau: float = 0.1
+    output: str = "sigmoid"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _require(self.output in ("sigmoid", "linear"), "output", self.output, "'sigmoid' or 'linear'")
         _require(self.hidden_channels >= 1, "hidden_channels", self.hidden_channels, ">= 1")
         _require(self.num_layers >= 1, "num_layers", self.num_layers, ">= 1")
         _require(self.num_bases >= 1, "num_bases", self.num_bases, ">= 1")

@@ -52,6 +52,7 @@ class IGMC(RatingModel):
     ) -> None:
         super().__init__(rating_min, rating_max)
         self.config = config
+        self.output = config.output
         self.num_relations = num_relations
         self.num_labels = num_labels
         self.encoder = RGCNStack(num_labels, config.hidden_channels, config.num_layers, num_relations, config.num_bases)

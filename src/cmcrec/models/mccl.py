@@ -143,6 +143,7 @@ class MCCL(RatingModel):
     ) -> None:
         super().__init__(rating_min, rating_max)
         self.config = config
+        self.output = config.output
         self.num_relations = num_relations
         self.num_labels = num_labels
         c = config
@@ -190,17 +191,23 @@ class MCCL(RatingModel):
             reps.append(r1)
             logits.append(self.head1(r1).squeeze(-1))
 
-        if self.view2 is not None:
-            g2 = full.dropout_undirected(c.edge_dropout) if self.training and c.edge_dropout > 0 else full
+        if self.view2 is not None and self.training:
+            g2 = full.dropout_undirected(c.edge_dropout) if c.edge_dropout > 0 else full
             h2 = self.view2(x, edge_index, edge_type, g2)  # (N, L*C)
             mu, logstd = self.gauss(h2)  # (N, D) each
-            z = mu + torch.randn_like(mu) * logstd.exp() if self.training else mu
+            std = logstd.exp()
+            z = mu + torch.randn_like(mu) * std
             r2 = target_readout(z, user, item)  # (B, 2*D)
+            extras["kl"] = -0.5 * (1 + 2 * logstd - mu.pow(2) - std * std).sum(-1).mean()
+            extras["recon"] = edge_reconstruction(z, edge_index, batch.edge_value, c.recon_edges)
+        elif self.view2 is not None:
+            # z = μ, and only the targets' μ is read: the last layer and the projection run on them alone.
+            h2 = self.view2(x, edge_index, edge_type, full, nodes=torch.cat([user, item]))  # (2B, L*C)
+            mu = self.gauss.mu(h2)
+            r2 = torch.cat([mu[:b], mu[b:]], dim=-1)  # (B, 2*D)
+        if self.view2 is not None:
             reps.append(r2)
             logits.append(self.head2(r2).squeeze(-1))
-            if self.training:
-                extras["kl"] = -0.5 * (1 + 2 * logstd - mu.pow(2) - (2 * logstd).exp()).sum(-1).mean()
-                extras["recon"] = edge_reconstruction(z, edge_index, batch.edge_value, c.recon_edges)
 
         if len(reps) == 2:
             extras["prediction_v1"] = self.to_scale(logits[0])
