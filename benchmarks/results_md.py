@@ -194,6 +194,24 @@ def main() -> None:
             ["split", "study", "bucket", "k", "model", "rmse", "ndcg@10", "num_users"],
         ),
         ("tau.json", "τ sensitivity", ["tau", "seed", "valid_rmse", "rmse", "recall@10", "coverage@10"]),
+        (
+            "throughput_ab.json",
+            "Throughput before and after the CSR-product, sort and allocator speed work (same machine state)",
+            [
+                "round",
+                "code",
+                "extract_subgraphs_per_s",
+                "igmc_train_subgraphs_per_s",
+                "igmc_compute_subgraphs_per_s",
+                "mccl-lin_train_subgraphs_per_s",
+                "mccl-lin_compute_subgraphs_per_s",
+            ],
+        ),
+        (
+            "igmc_reference_check.json",
+            "IGMC at the public implementation's settings (5 epochs)",
+            ["model", "output", "best_epoch", "best_valid_rmse", "rmse", "public_igmc_rmse_after_5_epochs"],
+        ),
         ("distributed.json", "Distributed training", None),
         ("load.json", "HTTP load test", load_section),
     ]:
@@ -214,7 +232,7 @@ def main() -> None:
                 "",
             ]
         else:
-            lines += table_section(title, d, cols)
+            lines += table_section(title, d, cols, d.get("what", ""))
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     if args.readme.is_file():
