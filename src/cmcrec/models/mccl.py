@@ -183,29 +183,28 @@ class MCCL(RatingModel):
         extras: dict[str, torch.Tensor] = {}
         reps = []
         logits = []
+        targets = torch.cat([user, item])  # (2B,)
 
         if self.view1 is not None:
-            targets = torch.cat([user, item])  # (2B,)
             h1 = self.view1(x, edge_index, edge_type, full, batch.node_graph, b, nodes=targets)  # (2B, L*C)
             r1 = torch.cat([h1[:b], h1[b:]], dim=-1)  # (B, 2*L*C)
             reps.append(r1)
             logits.append(self.head1(r1).squeeze(-1))
 
-        if self.view2 is not None and self.training:
-            g2 = full.dropout_undirected(c.edge_dropout) if c.edge_dropout > 0 else full
-            h2 = self.view2(x, edge_index, edge_type, g2)  # (N, L*C)
-            mu, logstd = self.gauss(h2)  # (N, D) each
-            std = logstd.exp()
-            z = mu + torch.randn_like(mu) * std
-            r2 = target_readout(z, user, item)  # (B, 2*D)
-            extras["kl"] = -0.5 * (1 + 2 * logstd - mu.pow(2) - std * std).sum(-1).mean()
-            extras["recon"] = edge_reconstruction(z, edge_index, batch.edge_value, c.recon_edges)
-        elif self.view2 is not None:
-            # z = μ, and only the targets' μ is read: the last layer and the projection run on them alone.
-            h2 = self.view2(x, edge_index, edge_type, full, nodes=torch.cat([user, item]))  # (2B, L*C)
-            mu = self.gauss.mu(h2)
-            r2 = torch.cat([mu[:b], mu[b:]], dim=-1)  # (B, 2*D)
         if self.view2 is not None:
+            if self.training:
+                g2 = full.dropout_undirected(c.edge_dropout) if c.edge_dropout > 0 else full
+                h2 = self.view2(x, edge_index, edge_type, g2)  # (N, L*C)
+                mu, logstd = self.gauss(h2)  # (N, D) each
+                std = logstd.exp()
+                z = mu + torch.randn_like(mu) * std
+                r2 = target_readout(z, user, item)  # (B, 2*D)
+                extras["kl"] = -0.5 * (1 + 2 * logstd - mu.pow(2) - std * std).sum(-1).mean()
+                extras["recon"] = edge_reconstruction(z, edge_index, batch.edge_value, c.recon_edges)
+            else:
+                # z = μ, and only the targets' μ is read: the last layer and the projection run on them alone.
+                mu = self.gauss.mu(self.view2(x, edge_index, edge_type, full, nodes=targets))  # (2B, D)
+                r2 = torch.cat([mu[:b], mu[b:]], dim=-1)  # (B, 2*D)
             reps.append(r2)
             logits.append(self.head2(r2).squeeze(-1))
 
