@@ -110,3 +110,21 @@ def test_damaged_artifacts_refused(saved, tmp_path, damage, message):
 def test_missing_directory(tmp_path):
     with pytest.raises(ArtifactError, match="no such model directory"):
         Recommender.load(tmp_path / "nope")
+
+
+def test_models_saved_before_a_behaviour_changing_field_load_as_they_were_trained(tmp_path):
+    """MCCL's ``scorer_edges`` defaults to "rating" now; a saved config without it
+    was trained with per-direction scores and must load as "directed"."""
+    split = low_rank_split(seed=4)
+    tiny = {"epochs": 1, "hidden_channels": 4, "num_layers": 2, "num_bases": 2, "latent_channels": 4}
+    rec = Recommender.fit("mccl", split.train, {**tiny, "scorer_hidden": 3, "scorer_edges": "directed"})
+    path = rec.save(tmp_path / "model")
+    m = json.loads((path / "manifest.json").read_text())
+    del m["config"]["scorer_edges"]
+    (path / "manifest.json").write_text(json.dumps(m))
+    loaded = Recommender.load(path)
+    assert loaded.config.scorer_edges == "directed"
+    users, items = split.test.user[:20], split.test.item[:20]
+    np.testing.assert_allclose(loaded.predict_indices(users, items), rec.predict_indices(users, items), rtol=1e-6)
+    # A config written by hand (not a saved model) gets today's default.
+    assert type(loaded.config).from_dict({}).scorer_edges == "rating"

@@ -188,26 +188,77 @@ def test_registry_builds_models():
         assert model(make_batch(GRAPHS)).prediction.shape == (3,)
 
 
-def test_edge_reconstruction_exact_and_sampled_unbiased():
-    from cmcrec.models.mccl import edge_reconstruction
+def _sharp_gauss(d: int):
+    """A Gaussian projection with σ ≈ 0 (z = μ), so the terms are deterministic given the sample."""
+    from cmcrec.models.mccl import GaussianProjection
+
+    torch.manual_seed(0)
+    gauss = GaussianProjection(4, d).double()
+    with torch.no_grad():
+        gauss.logstd[2].bias.fill_(-40.0)
+        gauss.logstd[2].weight.zero_()
+    return gauss
+
+
+def test_variational_terms_exact_values_and_unbiased_samples():
+    from cmcrec.models.mccl import GaussianProjection, variational_terms
 
     batch = make_batch(GRAPHS)
+    n = batch.num_nodes
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(batch.num_nodes, 4, generator=g, dtype=torch.float64)
+    h = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    targets = torch.cat([batch.user_pos, batch.item_pos])
     src, dst = batch.edge_index
-    # The old term: every directed edge, both directions.
-    full = ((torch.sigmoid((z[src] * z[dst]).sum(-1)) - batch.edge_value.double()) ** 2).mean()
-    torch.testing.assert_close(edge_reconstruction(z, batch.edge_index, batch.edge_value, None), full)
-    torch.testing.assert_close(edge_reconstruction(z, batch.edge_index, batch.edge_value, 100), full)
-    # A sample of 3 of the 13 ratings: unbiased, so the mean over many draws approaches the exact term.
+    value = batch.edge_value.double()
+
+    # KL has no noise: exact mode equals the all-node formula for any σ.
+    torch.manual_seed(1)
+    gauss = GaussianProjection(4, 3).double()
+    mu, logstd = gauss(h)
+    kl_all = (-0.5 * (1 + 2 * logstd - mu.pow(2) - (2 * logstd).exp()).sum(-1)).mean()
+    z_t, kl, _ = variational_terms(gauss, h, targets, batch.edge_index, batch.edge_value, None, None, g)
+    torch.testing.assert_close(kl, kl_all)
+    assert z_t.shape == (6, 3)
+
+    # With σ ≈ 0, z = μ: the exact reconstruction is the old all-directed-edges term.
+    sharp = _sharp_gauss(3)
+    mu = sharp.mu(h)
+    recon_all = ((torch.sigmoid((mu[src] * mu[dst]).sum(-1)) - value) ** 2).mean()
+    kl_sharp = (-0.5 * (1 + 2 * sharp(h)[1] - mu.pow(2) - (2 * sharp(h)[1]).exp()).sum(-1)).mean()
+    z_t, kl, recon = variational_terms(sharp, h, targets, batch.edge_index, batch.edge_value, None, None, g)
+    torch.testing.assert_close(recon, recon_all)
+    torch.testing.assert_close(z_t, mu[targets])
+    # Caps at least the batch's size are exact too.
+    _, kl2, recon2 = variational_terms(sharp, h, targets, batch.edge_index, batch.edge_value, 100, 100, g)
+    torch.testing.assert_close((kl2, recon2), (kl, recon))
+
+    # Samples of 3 ratings and 4 nodes (fewer rows than nodes: the projection runs on the rows
+    # alone): unbiased, so the mean over many draws approaches the exact terms.
     draws = torch.stack(
         [
-            edge_reconstruction(z, batch.edge_index, batch.edge_value, 3, torch.Generator().manual_seed(s))
-            for s in range(4000)
+            torch.stack(
+                variational_terms(
+                    sharp, h, targets[:1], batch.edge_index, batch.edge_value, 3, 4, torch.Generator().manual_seed(s)
+                )[1:]
+            )
+            for s in range(3000)
         ]
-    )
-    assert draws.std() > 0
-    assert abs(draws.mean() - full) < 4 * draws.std() / 4000**0.5
+    )  # (3000, 2): kl, recon
+    assert bool((draws.std(0) > 0).all())
+    for j, exact in enumerate([kl_sharp, recon_all]):
+        assert abs(draws[:, j].mean() - exact) < 4 * draws[:, j].std() / 3000**0.5
+
+
+def test_mccl_exact_and_sampled_view2_terms_options():
+    for overrides in ({"recon_edges": None, "kl_nodes": None}, {"recon_edges": 2, "kl_nodes": 3}):
+        model = build("view2", **overrides)
+        model.train()
+        loss, parts = model.loss(make_batch(GRAPHS), model(make_batch(GRAPHS)))
+        assert parts["recon"] >= 0 and parts["kl"] == parts["kl"]
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ConfigError, match="kl_nodes"):
+        MCCLConfig(kl_nodes=0)
 
 
 def test_mccl_full_recon_option():

@@ -23,7 +23,14 @@ C = TypeVar("C", bound="ConfigBase")
 
 
 class ConfigBase:
-    """JSON round trip and field-named validation errors for config dataclasses."""
+    """JSON round trip and field-named validation errors for config dataclasses.
+
+    ``SAVED_BEFORE`` maps fields added after artifact format 1 whose default
+    changed behaviour to the value that reproduces what older saved models did;
+    :meth:`from_saved` fills them in when a saved config lacks them.
+    """
+
+    SAVED_BEFORE: typing.ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -42,6 +49,14 @@ class ConfigBase:
         hints = typing.get_type_hints(cls)
         kwargs = {k: _coerce(v, hints[k], f"{source}: field {k!r}") for k, v in data.items()}
         return cls(**kwargs)
+
+    @classmethod
+    def from_saved(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
+        """:meth:`from_dict` for a config read back from a saved model: missing fields that
+        changed behaviour since take the value older models were trained with (``SAVED_BEFORE``)."""
+        if isinstance(data, dict):
+            data = {**cls.SAVED_BEFORE, **data}
+        return cls.from_dict(data, source=source)
 
     @classmethod
     def from_file(cls: type[C], path: str | Path) -> C:

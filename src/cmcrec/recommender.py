@@ -416,7 +416,7 @@ class Recommender:
                 f"cmcrec {__version__} (supports {FORMAT_VERSION}); retrain or use a matching cmcrec version"
             )
         spec = get_model(manifest["model"])
-        config = spec.config_cls.from_dict(manifest["config"], source=f"{directory / 'manifest.json'} config")
+        config = spec.config_cls.from_saved(manifest["config"], source=f"{directory / 'manifest.json'} config")
         vocab = read_json(directory / "vocab.json")
         arrays = load_tensors(directory / "train_ratings.safetensors")
         genres = vocab.get("item_genres")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +85,44 @@ def _crow(counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @dataclass
+class ScorerRows:
+    """The rows of an edge scorer: one per directed edge (key order) or one per rating.
+
+    Attributes:
+        src: int64 ``(M,)`` source node of each row (gathered for the scorer's source half).
+        dst: int64 ``(M,)`` destination node of each row.
+        src_crow, src_col: CSR pattern ``(N, M)`` of the rows by source node (the backward's scatter).
+        dst_crow, dst_col: CSR pattern ``(N, M)`` of the rows by destination node.
+        to_key: int64 ``(E,)`` row of each key-order position of the operator; ``None`` when
+            the rows are already the key order.
+    """
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    src_crow: torch.Tensor
+    src_col: torch.Tensor
+    dst_crow: torch.Tensor
+    dst_col: torch.Tensor
+    to_key: torch.Tensor | None
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.src.numel())
+
+    def scatter(self, grad: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums of per-row ``grad`` ``(M, H)`` over each node's rows as source and as destination.
+
+        The backward of ``a[src] + b[dst]``: two CSR products with the
+        pre-sorted incidence patterns instead of ``index_add_``.
+        """
+        m = grad.shape[0]
+        ones = grad.new_ones(m)
+        by_src = _csr(self.src_crow, self.src_col, ones, (num_nodes, m))
+        by_dst = _csr(self.dst_crow, self.dst_col, ones, (num_nodes, m))
+        return _spmm(by_src, grad), _spmm(by_dst, grad)
+
+
+@dataclass
 class RelationalGraph:
     """Sorted sparse operators of one typed graph, built once and shared by a stack of layers.
 
@@ -134,6 +172,9 @@ class RelationalGraph:
     dst_sorted: torch.Tensor
     norm_sorted: torch.Tensor
     paired: bool = False
+    # Structure-only derived tensors (see :meth:`scorer_rows`). :meth:`dropout_undirected` changes
+    # operator values, never structure, so the graphs it returns share this cache.
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -243,6 +284,52 @@ class RelationalGraph:
         counts = torch.bincount(self.key_sorted[keep_sorted], minlength=slots).clamp_(min=1)
         norm_sorted = keep_sorted.to(torch.float32) / counts.index_select(0, self.key_sorted).to(torch.float32)
         return replace(self, norm_sorted=norm_sorted)
+
+    def scorer_rows(self, per_rating: bool) -> ScorerRows:
+        """The rows an edge scorer computes on, and how to gather into and scatter out of them.
+
+        Args:
+            per_rating: one row per undirected edge (rating), the first half of a
+                ``paired`` graph's edges in edge order, its weight shared by both
+                directions; otherwise one row per directed edge, in key order.
+        """
+        key = "rating" if per_rating else "directed"
+        rows = self._cache.get(key)
+        if rows is not None:
+            return rows
+        n = self.num_nodes
+        idx = self.key_crow.dtype
+        if not per_rating:
+            e = self.num_edges
+            rows = ScorerRows(
+                src=self.key_col,
+                dst=self.dst_sorted,
+                src_crow=self.src_crow,
+                src_col=self.t_perm,
+                dst_crow=self.dst_crow,
+                dst_col=torch.arange(e, dtype=idx, device=self.src.device),
+                to_key=None,
+            )
+        else:
+            if not self.paired:
+                raise ValueError("per-rating edge scores need a graph built with paired=True")
+            half = self.num_edges // 2
+            src, dst = self.src[:half], self.dst[:half]
+            # Key order groups edges by destination. Its first-half edges are the ratings grouped by
+            # their destination; its second-half edges are the reversed ratings, grouped by the
+            # destination of the reverse, i.e. by the rating's source.
+            first = self.key_perm < half
+            rows = ScorerRows(
+                src=src,
+                dst=dst,
+                src_crow=_crow(torch.bincount(src, minlength=n), idx),
+                src_col=(self.key_perm[~first] - half).to(idx),
+                dst_crow=_crow(torch.bincount(dst, minlength=n), idx),
+                dst_col=self.key_perm[first].to(idx),
+                to_key=torch.remainder(self.key_perm, max(half, 1)),
+            )
+        self._cache[key] = rows
+        return rows
 
     def target_rows(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The nonzeros of ``A``'s rows for ``nodes`` (all their relations).
@@ -475,63 +562,49 @@ class RGCNConv(nn.Module):
         )
 
 
-def _scatter_to_endpoints(grad: torch.Tensor, graph: RelationalGraph, num_nodes: int):
-    """Sums of key-order per-edge rows ``grad`` ``(E, H)`` over each node's out-edges and in-edges.
-
-    The backward of ``a[src] + b[dst]`` (key order): CSR products with the
-    graph's pre-sorted incidence matrices instead of ``index_add_``.
-    """
-    e = grad.shape[0]
-    ones = grad.new_ones(e)
-    by_src = _csr(graph.src_crow, graph.t_perm, ones, (num_nodes, e))  # (N, E): rows sources, cols key order
-    by_dst = _csr(graph.dst_crow, torch.arange(e, dtype=graph.dst_crow.dtype), ones, (num_nodes, e))
-    return _spmm(by_src, grad), _spmm(by_dst, grad)
-
-
 class _EdgeSum(torch.autograd.Function):
-    """``a[src_e] + b[dst_e]`` for every edge, in key order: ``(E, H)``; the backward is two CSR products."""
+    """``a[src_m] + b[dst_m]`` for every scorer row: ``(M, H)``; the backward is two CSR products."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
-        ctx.graph = graph
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, rows: ScorerRows) -> torch.Tensor:
+        ctx.rows = rows
         ctx.num_nodes = a.shape[0]
-        return a.index_select(0, graph.key_col) + b.index_select(0, graph.dst_sorted)
+        return a.index_select(0, rows.src) + b.index_select(0, rows.dst)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         dtype = _compute_dtype(grad)
-        grad_a, grad_b = _scatter_to_endpoints(grad.contiguous().to(dtype), ctx.graph, ctx.num_nodes)
+        grad_a, grad_b = ctx.rows.scatter(grad.contiguous().to(dtype), ctx.num_nodes)
         return grad_a, grad_b, None
 
 
 class _EdgeMLP(torch.autograd.Function):
-    """``v · relu(a[src_e] + b[dst_e])`` for every edge, in key order: ``(E,)``.
+    """``v · relu(a[src_m] + b[dst_m])`` for every scorer row: ``(M,)``.
 
-    One ``(E, H)`` buffer is built in place (gather, add, relu) and kept for the
+    One ``(M, H)`` buffer is built in place (gather, add, relu) and kept for the
     backward; the backward's scatters to ``a`` and ``b`` are CSR products with
-    the graph's pre-sorted incidence matrices instead of ``index_add_``.
+    pre-sorted incidence patterns instead of ``index_add_``.
     """
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, v: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
-        hid = a.index_select(0, graph.key_col)  # (E, H)
-        hid += b.index_select(0, graph.dst_sorted)
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, v: torch.Tensor, rows: ScorerRows) -> torch.Tensor:
+        hid = a.index_select(0, rows.src)  # (M, H)
+        hid += b.index_select(0, rows.dst)
         hid.relu_()
         ctx.save_for_backward(hid, v)
-        ctx.graph = graph
+        ctx.rows = rows
         ctx.num_nodes = a.shape[0]
         return hid @ v
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         hid, v = ctx.saved_tensors
-        graph: RelationalGraph = ctx.graph
         dtype = _compute_dtype(hid)
         grad = grad.contiguous().to(dtype)
         grad_v = hid.T @ grad  # (H,)
-        # d/d pre = 1[pre > 0] · grad_e · v: ReLU's own backward kernel, reading the saved output.
-        grad_pre = torch.ops.aten.threshold_backward(torch.outer(grad, v.to(dtype)), hid, 0)  # (E, H)
-        grad_a, grad_b = _scatter_to_endpoints(grad_pre, graph, ctx.num_nodes)
+        # d/d pre = 1[pre > 0] · grad_m · v: ReLU's own backward kernel, reading the saved output.
+        grad_pre = torch.ops.aten.threshold_backward(torch.outer(grad, v.to(dtype)), hid, 0)  # (M, H)
+        grad_a, grad_b = ctx.rows.scatter(grad_pre, ctx.num_nodes)
         return grad_a, grad_b, grad_v, None
 
 
@@ -543,6 +616,14 @@ class EdgeScorer(nn.Module):
     layer are applied once per node and gathered per edge, which equals the MLP
     on the concatenation without building an ``(E, 2C)`` tensor.
 
+    With ``per_rating`` (needs the paired layout of
+    :func:`~cmcrec.graph.subgraph.extract_subgraphs`: edge ``e + E/2`` is edge
+    ``e`` reversed) a rating is scored once, on ``[h_user ‖ h_item]`` (the
+    orientation of the first half of the edges), and both directions of the
+    rating carry that weight: an edge of the rating graph is a rating, and it
+    is the rating that is noisy or not. It also halves the scorer's work.
+    Otherwise each direction is scored on its own ``[h_src ‖ h_dst]``.
+
     :meth:`forward` then rescales within each subgraph so the weights of a
     graph's edges average exactly 1: ``w_e = s_e / mean_{e' ∈ g(e)} s_{e'}``.
     Weights are positive and a graph's total message mass matches the
@@ -550,13 +631,15 @@ class EdgeScorer(nn.Module):
 
     Args:
         channels: width of the node representations.
-        hidden: width of the MLP's hidden layer.
+        hidden: width of the MLP's hidden layer; 0 for a linear scorer.
+        per_rating: one score per rating shared by its two directions.
     """
 
-    def __init__(self, channels: int, hidden: int) -> None:
+    def __init__(self, channels: int, hidden: int, per_rating: bool = False) -> None:
         super().__init__()
         self.channels = channels
         self.hidden = hidden
+        self.per_rating = per_rating
         if hidden == 0:
             # Linear scorer: one scalar per endpoint, no hidden layer.
             self.lin_src = nn.Linear(channels, 1)
@@ -574,40 +657,50 @@ class EdgeScorer(nn.Module):
         if self.lin_out is not None:
             self.lin_out.reset_parameters()
 
-    def score(self, x: torch.Tensor, edge_index: torch.Tensor, graph: RelationalGraph | None = None) -> torch.Tensor:
-        """Raw scores in ``(0, 1)``: ``(E,)``, in edge order."""
-        if graph is not None:
-            return _to_edge_order(self.score_sorted(x, graph), graph)
-        hs = self.lin_src(x).index_select(0, edge_index[0])  # (E, H)
-        hd = self.lin_dst(x).index_select(0, edge_index[1])  # (E, H)
+    def _raw(self, hs: torch.Tensor, hd: torch.Tensor) -> torch.Tensor:
+        """Scores from already gathered endpoint projections ``(M, H)``."""
         if self.lin_out is None:
             return torch.sigmoid((hs + hd).squeeze(-1))
         return torch.sigmoid(self.lin_out(torch.relu(hs + hd)).squeeze(-1))
 
-    def score_sorted(self, x: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
-        """Raw scores in ``(0, 1)`` in key order (see :class:`RelationalGraph`): ``(E,)``."""
+    def score(self, x: torch.Tensor, edge_index: torch.Tensor, graph: RelationalGraph | None = None) -> torch.Tensor:
+        """Raw scores in ``(0, 1)``: ``(E,)``, in edge order."""
+        if graph is not None:
+            s = self.score_rows(x, graph)
+            return torch.cat([s, s]) if self.per_rating else _to_edge_order(s, graph)
+        if self.per_rating:
+            half = _paired_half(edge_index)
+            src, dst = edge_index[0, :half], edge_index[1, :half]
+        else:
+            src, dst = edge_index[0], edge_index[1]
+        s = self._raw(self.lin_src(x).index_select(0, src), self.lin_dst(x).index_select(0, dst))
+        return torch.cat([s, s]) if self.per_rating else s
+
+    def score_rows(self, x: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
+        """Raw scores in ``(0, 1)`` of the rows of :meth:`RelationalGraph.scorer_rows`: ``(M,)``."""
+        rows = graph.scorer_rows(self.per_rating)
         if self.lin_out is None:
-            return torch.sigmoid(_EdgeSum.apply(self.lin_src(x), self.lin_dst(x), graph).squeeze(-1))
-        logit = _EdgeMLP.apply(self.lin_src(x), self.lin_dst(x), self.lin_out.weight.view(-1), graph)
+            return torch.sigmoid(_EdgeSum.apply(self.lin_src(x), self.lin_dst(x), rows).squeeze(-1))
+        logit = _EdgeMLP.apply(self.lin_src(x), self.lin_dst(x), self.lin_out.weight.view(-1), rows)
         return torch.sigmoid(logit + self.lin_out.bias)
 
-    def weights_sorted(
-        self, x: torch.Tensor, graph: RelationalGraph, edge_graph: torch.Tensor, edge_count: torch.Tensor
+    def weights_rows(
+        self, x: torch.Tensor, graph: RelationalGraph, row_graph: torch.Tensor, row_count: torch.Tensor
     ) -> torch.Tensor:
-        """Scores rescaled to mean 1 within each subgraph, in key order.
+        """Scores rescaled to mean 1 within each subgraph, per scorer row.
 
         Args:
             x: ``(N, C)`` node representations.
             graph: the batch's operators.
-            edge_graph: int64 ``(E,)`` subgraph of each edge, in key order.
-            edge_count: ``(B,)`` edges per subgraph (as ``x``'s dtype, at least 1).
+            row_graph: int64 ``(M,)`` subgraph of each scorer row.
+            row_count: ``(B,)`` scorer rows per subgraph (as ``x``'s dtype, at least 1).
 
         Returns:
-            ``(E,)`` positive weights in key order.
+            ``(M,)`` positive weights; :meth:`ScorerRows.to_key` maps them to key order.
         """
-        s = self.score_sorted(x, graph)
-        total = s.new_zeros(edge_count.numel()).index_add(0, edge_graph, s)  # (B,)
-        return s * (edge_count / total).index_select(0, edge_graph)
+        s = self.score_rows(x, graph)
+        total = s.new_zeros(row_count.numel()).index_add(0, row_graph, s)  # (B,)
+        return s * (row_count / total).index_select(0, row_graph)
 
     def forward(
         self,
@@ -630,9 +723,11 @@ class EdgeScorer(nn.Module):
             ``(E,)`` positive weights, in edge order.
         """
         if graph is not None:
-            edge_graph = node_graph.index_select(0, graph.dst_sorted)
-            count = torch.bincount(edge_graph, minlength=num_graphs).clamp_(min=1).to(x.dtype)
-            return _to_edge_order(self.weights_sorted(x, graph, edge_graph, count), graph)
+            rows = graph.scorer_rows(self.per_rating)
+            row_graph = node_graph.index_select(0, rows.dst)
+            count = torch.bincount(row_graph, minlength=num_graphs).clamp_(min=1).to(x.dtype)
+            w = self.weights_rows(x, graph, row_graph, count)
+            return torch.cat([w, w]) if self.per_rating else _to_edge_order(w, graph)
         s = self.score(x, edge_index)
         edge_graph = node_graph[edge_index[0]]  # (E,)
         total = s.new_zeros(num_graphs).index_add(0, edge_graph, s)
@@ -640,7 +735,17 @@ class EdgeScorer(nn.Module):
         return s / (total / count).index_select(0, edge_graph)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.channels}, hidden={self.hidden})"
+        rating = ", per_rating=True" if self.per_rating else ""
+        return f"{type(self).__name__}({self.channels}, hidden={self.hidden}{rating})"
+
+
+def _paired_half(edge_index: torch.Tensor) -> int:
+    """``E/2`` of a paired edge list (edge ``e + E/2`` is edge ``e`` reversed); ``ValueError`` otherwise."""
+    e = edge_index.shape[1]
+    half = e // 2
+    if e % 2 or not torch.equal(edge_index[:, :half], edge_index.flip(0)[:, half:]):
+        raise ValueError("per-rating edge scores need edge e + E/2 to be edge e reversed (extract_subgraphs layout)")
+    return half
 
 
 class RGCNStack(nn.Module):
@@ -657,6 +762,8 @@ class RGCNStack(nn.Module):
         num_relations: edge types.
         num_bases: basis matrices per layer.
         scorer_hidden: hidden width of the edge scorers; ``None`` for no scorers.
+        scorer_per_rating: score each rating once for both its directions
+            (:class:`EdgeScorer`'s ``per_rating``; needs a paired graph).
     """
 
     def __init__(
@@ -667,6 +774,7 @@ class RGCNStack(nn.Module):
         num_relations: int,
         num_bases: int,
         scorer_hidden: int | None = None,
+        scorer_per_rating: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -676,10 +784,13 @@ class RGCNStack(nn.Module):
             RGCNConv(in_channels if k == 0 else hidden_channels, hidden_channels, num_relations, num_bases)
             for k in range(num_layers)
         )
+        self.scorer_per_rating = scorer_per_rating
         if scorer_hidden is None:
             self.scorers = None
         else:
-            self.scorers = nn.ModuleList(EdgeScorer(hidden_channels, scorer_hidden) for _ in range(num_layers - 1))
+            self.scorers = nn.ModuleList(
+                EdgeScorer(hidden_channels, scorer_hidden, scorer_per_rating) for _ in range(num_layers - 1)
+            )
 
     @property
     def out_channels(self) -> int:
@@ -706,8 +817,9 @@ class RGCNStack(nn.Module):
         value = graph.norm_sorted.to(_compute_dtype(x))  # (E,) key order
         norm = value
         if self.scorers is not None:
-            edge_graph = node_graph.index_select(0, graph.dst_sorted)  # (E,) key order
-            count = torch.bincount(edge_graph, minlength=num_graphs).clamp_(min=1).to(value.dtype)  # (B,)
+            rows = graph.scorer_rows(self.scorer_per_rating)
+            row_graph = node_graph.index_select(0, rows.dst)  # (M,)
+            count = torch.bincount(row_graph, minlength=num_graphs).clamp_(min=1).to(value.dtype)  # (B,)
         outs = []
         last = len(self.convs) - 1
         for k, conv in enumerate(self.convs):
@@ -718,7 +830,8 @@ class RGCNStack(nn.Module):
             x = torch.tanh(conv.propagate(x, value, graph))  # (N, C)
             outs.append(x)
             if self.scorers is not None and k < len(self.scorers):
-                value = norm * self.scorers[k].weights_sorted(x, graph, edge_graph, count)
+                w = self.scorers[k].weights_rows(x, graph, row_graph, count)  # (M,)
+                value = norm * (w if rows.to_key is None else w.index_select(0, rows.to_key))
         return torch.cat(outs, dim=-1)
 
 
