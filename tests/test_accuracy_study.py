@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from synthetic import low_rank_split
 
@@ -29,7 +31,11 @@ def _run(dataset, model, seed, rmse):
 def test_aggregate_mean_and_sample_std():
     runs = [_run("ml-100k", "mccl", s, v) for s, v in [(0, 0.90), (1, 0.92), (2, 0.94)]]
     runs.append(_run("ml-100k", "mf", 0, 0.925))
-    rows = {r["model"]: r for r in aggregate(runs, "cmd")}
+    for r in runs:
+        r["command"] = "cmd a"
+    runs[2]["command"] = "cmd b"  # seed 2 run later, by another command
+    rows = {r["model"]: r for r in aggregate(runs)}
+    assert rows["mccl"]["command"] == "cmd a ; cmd b" and rows["mf"]["command"] == "cmd a"
     # mean 0.92; sample std sqrt(((-0.02)^2 + 0 + 0.02^2) / 2) = 0.02
     assert rows["mccl"]["rmse_mean"] == pytest.approx(0.92)
     assert rows["mccl"]["rmse_std"] == pytest.approx(0.02)
@@ -61,3 +67,16 @@ def test_epochs_override_budgets_subgraph_models_only():
     assert model_config("mccl", None, 5).epochs == 5
     assert model_config("mf", "cpu", 3).epochs == get_model("mf").make_config().epochs
     assert model_config("bias", None, 3).epochs == get_model("bias").make_config().epochs
+
+
+def test_rerun_reaggregates_a_file_with_stale_rows(tmp_path):
+    from cmcrec.benchmarks.accuracy import run_accuracy
+
+    runs = [_run("ml-100k", "mccl", s, v) for s, v in [(0, 0.90), (1, 0.92)]]
+    for r in runs:
+        r["command"] = "cmd a"
+    out = tmp_path / "accuracy.json"
+    out.write_text(json.dumps({"rows": [{"model": "stale"}], "runs": runs}))
+    payload = run_accuracy([], ["mccl"], [0, 1], out, log=lambda _: None)
+    assert [r["model"] for r in payload["rows"]] == ["mccl"]
+    assert json.loads(out.read_text())["rows"] == payload["rows"]

@@ -39,8 +39,12 @@ def model_config(model: str, preset: str | None, epochs: int | None, extra: dict
     return spec.make_config(overrides)
 
 
-def aggregate(runs: Sequence[dict[str, Any]], command: str) -> list[dict[str, Any]]:
-    """One row per (dataset, model, preset): mean ± std (sample std, ddof=1) of test RMSE over seeds."""
+def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (dataset, model, preset): mean ± std (sample std, ddof=1) of test RMSE over seeds.
+
+    A row's ``command`` is the command its runs were made with (several, joined
+    by `` ; ``, when the seeds were run in pieces).
+    """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault((r["dataset"], r["model"], r.get("preset")), []).append(r)
@@ -60,7 +64,7 @@ def aggregate(runs: Sequence[dict[str, Any]], command: str) -> list[dict[str, An
                 "best_epochs": [r["best_epoch"] for r in rs],
                 "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
                 "max_nodes_per_hop": rs[0].get("max_nodes_per_hop"),
-                "command": command,
+                "command": " ; ".join(dict.fromkeys(r["command"] for r in rs)),
             }
         )
     return rows
@@ -131,16 +135,23 @@ def run_accuracy(
                     f"{dataset:<12} {model:<10} seed {seed}: test RMSE {run['rmse']:.4f} "
                     f"(best epoch {run['best_epoch']}/{run['epochs_run']}, {run['wall_seconds']:.0f}s)"
                 )
-                payload = {
-                    "description": "Test RMSE on each dataset's standard split; epoch chosen on a validation "
-                    "share of the training ratings; single models (no checkpoint ensembling).",
-                    "rows": aggregate(runs, command),
-                    "runs": runs,
-                    "machine": machine(),
-                    "date": now(),
-                }
+                payload = _payload(runs)
                 write_results(out, payload)
+    if runs and payload.get("rows") != aggregate(runs):  # a file written by an older cmcrec: re-aggregate
+        payload = _payload(runs)
+        write_results(out, payload)
     return payload
+
+
+def _payload(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "description": "Test RMSE on each dataset's standard split; epoch chosen on a validation "
+        "share of the training ratings; single models (no checkpoint ensembling).",
+        "rows": aggregate(runs),
+        "runs": runs,
+        "machine": machine(),
+        "date": now(),
+    }
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
