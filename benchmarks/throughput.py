@@ -5,9 +5,10 @@ pairs of u1.base. Reports
 
 - extraction subgraphs/s of the vectorised code and of the per-pair oracle
   (``tests/subgraph_oracle.py``) in the same run, and their ratio;
-- training subgraphs/s (extraction + forward + backward + Adam step, the real
-  DataLoader path) for IGMC, MCCL and MCCL with linear edge scorers, and the compute-only rate on
-  pre-extracted batches, to show where the time goes;
+- training subgraphs/s (extraction + forward + backward + Adam step, through
+  the trainer's own loader: ``--num-workers`` DataLoader processes, or with 0
+  in the training process) for IGMC, MCCL and MCCL with linear edge scorers, and the
+  compute-only rate on pre-extracted batches, to show where the time goes;
 - peak RSS of the process.
 
 Training rates are the median of ``--repeats`` timings (3); every timing is
@@ -23,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import sys
@@ -68,11 +70,9 @@ def bench_extraction(graph, train, batches: int, batch_size: int, rng: np.random
 
 
 def bench_training(model_name: str, graph, train, steps: int, device: str, num_workers: int, seed: int) -> dict:
-    from torch.utils.data import DataLoader
-
     from cmcrec.models.registry import DataSpec, get_model
-    from cmcrec.training.batching import TargetRows, identity_collate, make_batcher
-    from cmcrec.training.trainer import epoch_batches
+    from cmcrec.training.batching import TargetRows, make_batcher
+    from cmcrec.training.trainer import batch_loader, epoch_batches
 
     spec = get_model(model_name)
     config = spec.make_config({"batch_size": 50, "max_nodes_per_hop": 200})
@@ -85,13 +85,7 @@ def bench_training(model_name: str, graph, train, steps: int, device: str, num_w
         "subgraph", config, graph, train=True, seed=seed, rating_range=(data.rating_min, data.rating_max)
     )
     batches = epoch_batches(len(train), config.batch_size, seed, 0)[: steps + 2]
-    loader = DataLoader(
-        TargetRows(train.user, train.item, train.rating, batcher),
-        sampler=batches,
-        batch_size=None,
-        collate_fn=identity_collate,
-        num_workers=num_workers,
-    )
+    rows = TargetRows(train.user, train.item, train.rating, batcher)
 
     def step(batch):
         batch = batch.to(dev)
@@ -100,15 +94,18 @@ def bench_training(model_name: str, graph, train, steps: int, device: str, num_w
         loss.backward()
         opt.step()
 
-    it = iter(loader)
-    cached = [next(it) for _ in range(2)]  # warm-up batches, reused for the compute-only rate
+    cached = list(batch_loader(rows, batches[:2], 0))  # warm-up batches, reused for the compute-only rate
     for b in cached:
         step(b)
     if dev.type == "cuda":
         torch.cuda.synchronize()
+    # The trainer's own loader. The clock starts when the first batch arrives (worker start-up is paid once per epoch of
+    # ~1,600 batches, not per 40), before anything could be built ahead of the steps timed.
+    it = iter(batch_loader(rows, batches[2:], num_workers))
+    first = next(it)
     t0 = time.perf_counter()
     n = 0
-    for b in it:
+    for b in itertools.chain([first], it):
         step(b)
         n += b.num_targets
     if dev.type == "cuda":

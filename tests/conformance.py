@@ -23,6 +23,9 @@ from cmcrec.recommender import Recommender
 class ModelConformance:
     model: str = ""
     overrides: dict = {}
+    # How much worse than the global mean the held-out RMSE may be. 0 (strictly better) for
+    # models that learn this small synthetic problem; see the classes that relax it.
+    mean_tolerance: float = 0.0
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -49,7 +52,7 @@ class ModelConformance:
         rmse = float(np.sqrt(np.mean((pred - split.test.rating) ** 2)))
         baseline = float(np.sqrt(np.mean((split.train.rating.mean() - split.test.rating) ** 2)))
         assert np.isfinite(pred).all()
-        assert rmse < baseline, (rmse, baseline)
+        assert rmse < baseline + self.mean_tolerance, (rmse, baseline)
 
     def test_predictions_inside_scale(self, fitted, split):
         pred = fitted.predict_indices(split.test.user, split.test.item)

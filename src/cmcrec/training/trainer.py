@@ -75,7 +75,13 @@ def ordered_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1)
     return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
 
 
-def _loader(dataset: TargetRows, batches: list[np.ndarray], num_workers: int, pin: bool) -> DataLoader:
+def batch_loader(dataset: TargetRows, batches: list[np.ndarray], num_workers: int, pin: bool = False) -> DataLoader:
+    """The batches of ``batches`` (lists of rows), built by ``num_workers`` DataLoader worker
+    processes, or in the calling thread with ``num_workers=0``.
+
+    (A thread building batches ahead was tried for ``num_workers=0`` and was slower on two
+    CPU cores: IGMC 866-880 against 954-1,000 subgraphs/s.)
+    """
     return DataLoader(
         dataset,
         sampler=batches,
@@ -108,7 +114,7 @@ def predict_rows(
     ds = TargetRows(users, items, None, batcher)
     batches = ordered_batches(len(users), batch_size)
     pos = 0
-    for batch in _loader(ds, batches, num_workers, device.type == "cuda"):
+    for batch in batch_loader(ds, batches, num_workers, device.type == "cuda"):
         pred = model(batch.to(device, non_blocking=True)).prediction.float().cpu().numpy()
         out[pos : pos + len(pred)] = pred
         pos += len(pred)
@@ -303,7 +309,7 @@ class Trainer:
             total, seen, cut = 0.0, 0, 0
             parts_sum: dict[str, float] = {}
             bar = tqdm(
-                _loader(ds, batches, ctx.num_workers, self.device.type == "cuda"),
+                batch_loader(ds, batches, ctx.num_workers, self.device.type == "cuda"),
                 total=len(batches),
                 desc=f"epoch {epoch + 1}/{cfg.epochs}",
                 disable=not self._progress(),
