@@ -225,15 +225,17 @@ class RelationalGraph:
                 )
             # A^T's rows are sources; the reverse of the edge at key position p has source dst_sorted[p],
             # so the reverses of the key order are already sorted by source.
-            src_perm = torch.remainder(key_perm + half, max(num_edges, 1))
-            inverse = torch.empty_like(key_perm).index_put_((key_perm,), positions.to(key_perm.dtype))
+            src_perm = key_perm + half
+            src_perm = torch.where(src_perm >= num_edges, src_perm - num_edges, src_perm)  # (key_perm + E/2) mod E
+            inverse = torch.empty_like(key_perm).scatter_(0, key_perm, positions.to(key_perm.dtype))
             t_perm = inverse.index_select(0, src_perm)
             src_counts = dst_counts
         else:
             t_perm = torch.sort(src_by_key.to(idx), stable=True).indices
             src_perm = key_perm.index_select(0, t_perm)
             src_counts = torch.bincount(src, minlength=num_nodes)
-        norm_sorted = 1.0 / key_counts.index_select(0, key_sorted).to(torch.float32)
+        # 1 / |N_r(dst)| per slot, then read per edge (a gather of E floats, no E-long division).
+        norm_sorted = key_counts.to(torch.float32).clamp_(min=1).reciprocal_().index_select(0, key_sorted)
         return cls(
             num_nodes=num_nodes,
             num_relations=num_relations,
@@ -282,7 +284,7 @@ class RelationalGraph:
         keep_sorted = torch.cat([keep_half, keep_half]).index_select(0, self.key_perm)  # (E,)
         slots = self.num_nodes * self.num_relations
         counts = torch.bincount(self.key_sorted[keep_sorted], minlength=slots).clamp_(min=1)
-        norm_sorted = keep_sorted.to(torch.float32) / counts.index_select(0, self.key_sorted).to(torch.float32)
+        norm_sorted = counts.to(torch.float32).reciprocal_().index_select(0, self.key_sorted).mul_(keep_sorted)
         return replace(self, norm_sorted=norm_sorted)
 
     def scorer_rows(self, per_rating: bool) -> ScorerRows:
