@@ -488,8 +488,11 @@ class RGCNConv(nn.Module):
     def reset_parameters(self) -> None:
         bound = math.sqrt(6.0 / (self.in_channels + self.out_channels))
         nn.init.uniform_(self.basis, -bound, bound)
-        # Positive mixing weights: every relation starts as a blend of the bases.
-        nn.init.uniform_(self.comp, 0.0, math.sqrt(6.0 / (self.num_relations + self.num_bases)))
+        # Glorot-uniform mixing weights, symmetric about 0 (as PyG's RGCNConv). Positive-only ones
+        # (every relation a blend of the bases) started the relations alike and cost IGMC 0.015
+        # validation and test RMSE at the public ML-100K settings (5 epochs, seeds 0-2).
+        bound_comp = math.sqrt(6.0 / (self.num_relations + self.num_bases))
+        nn.init.uniform_(self.comp, -bound_comp, bound_comp)
         if self.root is not None:
             nn.init.uniform_(self.root, -bound, bound)
         if self.bias is not None:
