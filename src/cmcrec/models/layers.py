@@ -29,12 +29,12 @@ __all__ = [
     "RGCNConv",
     "RGCNStack",
     "RelationalGraph",
+    "ScorerRows",
     "dropout_edges_undirected",
     "gather_rows",
     "info_nce",
     "mlp_head",
     "ranking_info_nce",
-    "target_readout",
 ]
 
 _INT32_MAX = 2**31 - 1
@@ -104,10 +104,6 @@ class ScorerRows:
     dst_crow: torch.Tensor
     dst_col: torch.Tensor
     to_key: torch.Tensor | None
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.src.numel())
 
     def scatter(self, grad: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sums of per-row ``grad`` ``(M, H)`` over each node's rows as source and as destination.
@@ -838,11 +834,6 @@ class RGCNStack(nn.Module):
                 w = self.scorers[k].weights_rows(x, graph, row_graph, count)  # (M,)
                 value = norm * (w if rows.to_key is None else w.index_select(0, rows.to_key))
         return torch.cat(outs, dim=-1)
-
-
-def target_readout(h: torch.Tensor, user_pos: torch.Tensor, item_pos: torch.Tensor) -> torch.Tensor:
-    """``[h_user ‖ h_item]`` of each subgraph's targets: ``(B, 2C)`` from ``h`` ``(N, C)``."""
-    return torch.cat([h.index_select(0, user_pos), h.index_select(0, item_pos)], dim=-1)
 
 
 def mlp_head(in_channels: int, hidden: int, dropout: float) -> nn.Sequential:

@@ -144,7 +144,8 @@ class MCCL(RatingModel):
     ``config.kl_nodes=None`` and ``config.recon_edges=None``; by default they
     are unbiased estimates from a uniform sample of nodes and of ratings per
     batch, so the Gaussian projection runs on a few thousand rows rather than
-    on every node of the batch (a third of MCCL's CPU time went to it).
+    on every node of the batch (on every node it took about a fifth of a
+    one-core MCCL step at IGMC's settings).
     Terms of a disabled view are left out. The KL, reconstruction, InfoNCE and
     L2 terms are computed in training mode only. With ranking negatives in the
     batch (``rank_weight > 0``), InfoNCE and L2 run over the rated targets only,
