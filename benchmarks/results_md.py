@@ -27,7 +27,8 @@ def _fmt(v, digits=4):
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.{digits}f}"
+        # Rates and sizes (>= 100) read better whole; RMSEs and shares keep their digits.
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.{digits}f}"
     return str(v)
 
 
@@ -208,9 +209,24 @@ def main() -> None:
             ],
         ),
         (
+            "throughput_ab_scorer.json",
+            "Throughput before and after MCCL's per-rating edge scores and sampled KL (same machine state)",
+            [
+                "round",
+                "code",
+                "extract_subgraphs_per_s",
+                "igmc_train_subgraphs_per_s",
+                "mccl_train_subgraphs_per_s",
+                "mccl_compute_subgraphs_per_s",
+                "mccl-lin_train_subgraphs_per_s",
+                "mccl-lin_compute_subgraphs_per_s",
+                "peak_rss_mb",
+            ],
+        ),
+        (
             "igmc_reference_check.json",
             "IGMC at the public implementation's settings (5 epochs)",
-            ["model", "output", "best_epoch", "best_valid_rmse", "rmse", "public_igmc_rmse_after_5_epochs"],
+            ["seed", "code", "output", "best_epoch", "best_valid_rmse", "rmse", "public_igmc_rmse_after_5_epochs"],
         ),
         ("distributed.json", "Distributed training", None),
         ("load.json", "HTTP load test", load_section),
