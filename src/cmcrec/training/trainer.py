@@ -80,7 +80,7 @@ def batch_loader(dataset: TargetRows, batches: list[np.ndarray], num_workers: in
     processes, or in the calling thread with ``num_workers=0``.
 
     (A thread building batches ahead was tried for ``num_workers=0`` and was slower on two
-    CPU cores: IGMC 866-880 against 954-1,000 subgraphs/s.)
+    CPU cores: IGMC 866-880 against 954-1,000 subgraphs/s in alternating runs made by hand.)
     """
     return DataLoader(
         dataset,
