@@ -61,6 +61,13 @@ def _spmm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.addmm(out, a, x.contiguous(), beta=0.0, out=out)
 
 
+def _incidence_sum(crow: torch.Tensor, col: torch.Tensor, grad: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """``(N, C)`` sums of the rows of ``grad`` ``(M, C)`` that the CSR pattern ``(crow, col)`` gives each node:
+    the adjoint of a row gather, as one CSR product instead of ``index_add_``."""
+    incidence = _csr(crow, col, grad.new_ones(col.numel()), (num_nodes, grad.shape[0]))
+    return _spmm(incidence, grad)
+
+
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     # Sparse kernels run in float32/float64; half-precision inputs (autocast) are upcast.
     return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
@@ -111,11 +118,10 @@ class ScorerRows:
         The backward of ``a[src] + b[dst]``: two CSR products with the
         pre-sorted incidence patterns instead of ``index_add_``.
         """
-        m = grad.shape[0]
-        ones = grad.new_ones(m)
-        by_src = _csr(self.src_crow, self.src_col, ones, (num_nodes, m))
-        by_dst = _csr(self.dst_crow, self.dst_col, ones, (num_nodes, m))
-        return _spmm(by_src, grad), _spmm(by_dst, grad)
+        return (
+            _incidence_sum(self.src_crow, self.src_col, grad, num_nodes),
+            _incidence_sum(self.dst_crow, self.dst_col, grad, num_nodes),
+        )
 
 
 @dataclass
@@ -324,7 +330,7 @@ class RelationalGraph:
                 src_col=(self.key_perm[~first] - half).to(idx),
                 dst_crow=_crow(torch.bincount(dst, minlength=n), idx),
                 dst_col=self.key_perm[first].to(idx),
-                to_key=torch.remainder(self.key_perm, max(half, 1)),
+                to_key=torch.where(first, self.key_perm, self.key_perm - half),  # key_perm mod E/2
             )
         self._cache[key] = rows
         return rows
@@ -404,9 +410,7 @@ class _Gather(torch.autograd.Function):
         crow, col = ctx.saved_tensors
         dtype = _compute_dtype(grad)
         grad = grad.contiguous().to(dtype)
-        ones = grad.new_ones(col.numel())
-        incidence = _csr(crow, col, ones, (ctx.num_nodes, grad.shape[0]))  # (N, E)
-        return _spmm(incidence, grad).to(ctx.dtype), None, None, None
+        return _incidence_sum(crow, col, grad, ctx.num_nodes).to(ctx.dtype), None, None, None
 
 
 def _to_edge_order(sorted_values: torch.Tensor, graph: RelationalGraph) -> torch.Tensor:
@@ -724,9 +728,7 @@ class EdgeScorer(nn.Module):
             ``(E,)`` positive weights, in edge order.
         """
         if graph is not None:
-            rows = graph.scorer_rows(self.per_rating)
-            row_graph = node_graph.index_select(0, rows.dst)
-            count = torch.bincount(row_graph, minlength=num_graphs).clamp_(min=1).to(x.dtype)
+            row_graph, count = _row_groups(graph.scorer_rows(self.per_rating), node_graph, num_graphs, x.dtype)
             w = self.weights_rows(x, graph, row_graph, count)
             return torch.cat([w, w]) if self.per_rating else _to_edge_order(w, graph)
         s = self.score(x, edge_index)
@@ -738,6 +740,14 @@ class EdgeScorer(nn.Module):
     def __repr__(self) -> str:
         rating = ", per_rating=True" if self.per_rating else ""
         return f"{type(self).__name__}({self.channels}, hidden={self.hidden}{rating})"
+
+
+def _row_groups(
+    rows: ScorerRows, node_graph: torch.Tensor, num_graphs: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Subgraph of each scorer row ``(M,)`` and rows per subgraph ``(B,)`` (at least 1, as ``dtype``)."""
+    row_graph = node_graph.index_select(0, rows.dst)
+    return row_graph, torch.bincount(row_graph, minlength=num_graphs).clamp_(min=1).to(dtype)
 
 
 def _paired_half(edge_index: torch.Tensor) -> int:
@@ -817,10 +827,9 @@ class RGCNStack(nn.Module):
         """
         value = graph.norm_sorted.to(_compute_dtype(x))  # (E,) key order
         norm = value
-        if self.scorers is not None:
+        if self.scorers:  # None, or no scorers with a single layer
             rows = graph.scorer_rows(self.scorer_per_rating)
-            row_graph = node_graph.index_select(0, rows.dst)  # (M,)
-            count = torch.bincount(row_graph, minlength=num_graphs).clamp_(min=1).to(value.dtype)  # (B,)
+            row_graph, count = _row_groups(rows, node_graph, num_graphs, value.dtype)  # (M,), (B,)
         outs = []
         last = len(self.convs) - 1
         for k, conv in enumerate(self.convs):
@@ -830,7 +839,7 @@ class RGCNStack(nn.Module):
                 break
             x = torch.tanh(conv.propagate(x, value, graph))  # (N, C)
             outs.append(x)
-            if self.scorers is not None and k < len(self.scorers):
+            if self.scorers and k < len(self.scorers):
                 w = self.scorers[k].weights_rows(x, graph, row_graph, count)  # (M,)
                 value = norm * (w if rows.to_key is None else w.index_select(0, rows.to_key))
         return torch.cat(outs, dim=-1)
