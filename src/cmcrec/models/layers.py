@@ -96,12 +96,15 @@ class ScorerRows:
     """The rows of an edge scorer: one per directed edge (key order) or one per rating.
 
     Attributes:
-        src: int64 ``(M,)`` source node of each row (gathered for the scorer's source half).
-        dst: int64 ``(M,)`` destination node of each row.
+        src: ``(M,)`` source node of each row (gathered for the scorer's source half).
+        dst: ``(M,)`` destination node of each row.
         src_crow, src_col: CSR pattern ``(N, M)`` of the rows by source node (the backward's scatter).
         dst_crow, dst_col: CSR pattern ``(N, M)`` of the rows by destination node.
+        pairs: ``(M, 2)`` ``[src, N + dst]`` of each row: the bags of :meth:`gather_sum`.
         to_key: int64 ``(E,)`` row of each key-order position of the operator; ``None`` when
             the rows are already the key order.
+        key_position: ``(E,)`` key-order position of each edge, in edge order (given with
+            ``to_key``: the rows are the first ``E/2`` edges, each also edge ``m + E/2`` reversed).
     """
 
     src: torch.Tensor
@@ -110,7 +113,16 @@ class ScorerRows:
     src_col: torch.Tensor
     dst_crow: torch.Tensor
     dst_col: torch.Tensor
+    pairs: torch.Tensor
     to_key: torch.Tensor | None
+    key_position: torch.Tensor | None = None
+
+    def gather_sum(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a[src] + b[dst]`` ``(M, H)`` (not differentiable: for the scorer Functions' forwards).
+
+        One fused embedding-bag pass over ``[a; b]`` instead of two gathers and an add.
+        """
+        return F.embedding_bag(self.pairs, torch.cat([a, b]), mode="sum")
 
     def scatter(self, grad: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sums of per-row ``grad`` ``(M, H)`` over each node's rows as source and as destination.
@@ -122,6 +134,26 @@ class ScorerRows:
             _incidence_sum(self.src_crow, self.src_col, grad, num_nodes),
             _incidence_sum(self.dst_crow, self.dst_col, grad, num_nodes),
         )
+
+    def to_key_order(self, w: torch.Tensor) -> torch.Tensor:
+        """Per-row ``w`` ``(M,)`` read at every key-order position of the operator: ``(E,)``, differentiable."""
+        return w if self.to_key is None else _KeyOrder.apply(w, self)
+
+
+class _KeyOrder(torch.autograd.Function):
+    """``w[to_key]`` for per-rating rows; the backward adds each rating's two key positions (two
+    gathers, instead of ``index_add_`` over ``E`` entries)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, rows: ScorerRows) -> torch.Tensor:
+        ctx.rows = rows
+        return w.index_select(0, rows.to_key)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        by_edge = grad.index_select(0, ctx.rows.key_position)  # (E,) edge order: ratings, then their reverses
+        half = by_edge.numel() // 2
+        return by_edge[:half] + by_edge[half:], None
 
 
 @dataclass
@@ -139,43 +171,43 @@ class RelationalGraph:
         num_relations: ``R``.
         src: int64 ``(E,)`` source node of each edge.
         dst: int64 ``(E,)`` destination node of each edge.
-        key: int64 ``(E,)`` ``dst * R + edge_type``: the (node, relation) slot each message lands in.
-        key_perm: edges sorted by ``key`` (hence by ``dst``).
+        key_perm: int64 ``(E,)`` edges sorted by ``key = dst * R + edge_type``, the (node,
+            relation) slot each message lands in (hence sorted by ``dst``).
         key_crow: ``(N*R + 1,)`` row pointers of the aggregation operator ``A`` ``(N*R, N)``.
         key_col: ``(E,)`` column (source node) of each nonzero of ``A``.
-        src_perm: edges sorted by ``src``.
         src_crow: ``(N + 1,)`` row pointers of anything whose rows are source nodes.
         src_col: ``(E,)`` ``key`` of each nonzero of ``A^T`` ``(N, N*R)``.
         dst_crow: ``(N + 1,)`` row pointers of the ``(N, E)`` destination-incidence matrix
             (its columns are ``key_perm``).
-        t_perm: ``(E,)`` key-order position of each nonzero of ``A^T`` (of each ``src_perm`` edge).
+        t_perm: ``(E,)`` key-order position of each nonzero of ``A^T`` (of each :attr:`src_perm` edge).
         key_sorted: ``(E,)`` ``key`` in key order.
-        dst_sorted: ``(E,)`` ``dst`` in key order.
         norm_sorted: float32 ``(E,)`` ``1 / |N_r(dst)|``, the mean-per-relation factor, in key
             order (:attr:`norm` is the same in edge order); zero for edges dropped by
             :meth:`dropout_undirected`.
         paired: edge ``e + E/2`` is edge ``e`` reversed (see :meth:`build`).
+
+    Index tensors other than ``src``, ``dst`` and ``key_perm`` are int32 when
+    every index fits (int64 otherwise): half the memory traffic of int64, and
+    the CSR kernels take them as they are.
     """
 
     num_nodes: int
     num_relations: int
     src: torch.Tensor
     dst: torch.Tensor
-    key: torch.Tensor
     key_perm: torch.Tensor
     key_crow: torch.Tensor
     key_col: torch.Tensor
-    src_perm: torch.Tensor
     src_crow: torch.Tensor
     src_col: torch.Tensor
     dst_crow: torch.Tensor
     t_perm: torch.Tensor
     key_sorted: torch.Tensor
-    dst_sorted: torch.Tensor
     norm_sorted: torch.Tensor
     paired: bool = False
-    # Structure-only derived tensors (see :meth:`scorer_rows`). :meth:`dropout_undirected` changes
-    # operator values, never structure, so the graphs it returns share this cache.
+    # Structure-only derived tensors (see :meth:`scorer_rows`, :attr:`src_perm`, ...), built on first
+    # use. :meth:`dropout_undirected` changes operator values, never structure, so the graphs it
+    # returns share this cache.
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -205,15 +237,13 @@ class RelationalGraph:
         src, dst = edge_index[0], edge_index[1]
         num_edges = int(src.numel())
         slots = num_nodes * num_relations
-        small = max(slots, num_edges) <= _INT32_MAX
-        idx = torch.int32 if small else torch.int64
-        key = dst * num_relations + edge_type  # (E,)
+        idx = torch.int32 if max(slots, num_edges) <= _INT32_MAX else torch.int64
+        key = dst.to(idx) * num_relations + edge_type.to(idx)  # (E,)
         key_perm = torch.sort(_narrow_keys(key, slots, idx), stable=True).indices
         key_sorted = key.index_select(0, key_perm)
-        src_by_key = src.index_select(0, key_perm)
+        key_col = src.to(idx).index_select(0, key_perm)
         key_counts = torch.bincount(key, minlength=slots)
         dst_counts = key_counts.view(num_nodes, num_relations).sum(1)
-        positions = torch.arange(num_edges, device=src.device)
         if paired:
             half = num_edges // 2
             if num_edges % 2 or not (
@@ -226,15 +256,14 @@ class RelationalGraph:
                     f"(the extract_subgraphs layout); got {num_edges} edges that are not laid out so"
                 )
             # A^T's rows are sources; the reverse of the edge at key position p has source dst_sorted[p],
-            # so the reverses of the key order are already sorted by source.
-            src_perm = key_perm + half
-            src_perm = torch.where(src_perm >= num_edges, src_perm - num_edges, src_perm)  # (key_perm + E/2) mod E
-            inverse = torch.empty_like(key_perm).scatter_(0, key_perm, positions.to(key_perm.dtype))
-            t_perm = inverse.index_select(0, src_perm)
+            # so the reverses of the key order are already sorted by source: A^T's p-th nonzero is the
+            # reverse of A's p-th, and its key position is the inverse permutation read at the reverse.
+            position = torch.empty(num_edges, dtype=idx, device=src.device)  # key position of each edge
+            position.scatter_(0, key_perm, torch.arange(num_edges, dtype=idx, device=src.device))
+            t_perm = torch.cat([position[half:], position[:half]]).index_select(0, key_perm)
             src_counts = dst_counts
         else:
-            t_perm = torch.sort(src_by_key.to(idx), stable=True).indices
-            src_perm = key_perm.index_select(0, t_perm)
+            t_perm = torch.sort(key_col, stable=True).indices.to(idx)
             src_counts = torch.bincount(src, minlength=num_nodes)
         # 1 / |N_r(dst)| per slot, then read per edge (a gather of E floats, no E-long division).
         norm_sorted = key_counts.to(torch.float32).clamp_(min=1).reciprocal_().index_select(0, key_sorted)
@@ -243,24 +272,64 @@ class RelationalGraph:
             num_relations=num_relations,
             src=src,
             dst=dst,
-            key=key,
             key_perm=key_perm,
             key_crow=_crow(key_counts, idx),
-            key_col=src_by_key.to(idx),
-            src_perm=src_perm,
+            key_col=key_col,
             src_crow=_crow(src_counts, idx),
-            src_col=key.index_select(0, src_perm).to(idx),
+            src_col=key_sorted.index_select(0, t_perm),
             dst_crow=_crow(dst_counts, idx),
-            t_perm=t_perm.to(idx),
+            t_perm=t_perm,
             key_sorted=key_sorted,
-            dst_sorted=dst.index_select(0, key_perm),
             norm_sorted=norm_sorted,
             paired=paired,
+            _cache={"key_position": position} if paired else {},
         )
 
     @property
     def num_edges(self) -> int:
         return int(self.src.numel())
+
+    def _cached(self, name: str, make) -> torch.Tensor:
+        value = self._cache.get(name)
+        if value is None:
+            value = self._cache[name] = make()
+        return value
+
+    @property
+    def src_perm(self) -> torch.Tensor:
+        """int64 ``(E,)`` edges sorted by source: the edge of each nonzero of ``A^T`` (built on first use)."""
+
+        def make() -> torch.Tensor:
+            if not self.paired:
+                return self.key_perm.index_select(0, self.t_perm)
+            half = self.num_edges // 2
+            return torch.where(self.key_perm >= half, self.key_perm - half, self.key_perm + half)  # the reverses
+
+        return self._cached("src_perm", make)
+
+    @property
+    def dst_sorted(self) -> torch.Tensor:
+        """``(E,)`` ``dst`` in key order (built on first use)."""
+        return self._cached("dst_sorted", lambda: torch.div(self.key_sorted, self.num_relations, rounding_mode="floor"))
+
+    @property
+    def key_position(self) -> torch.Tensor:
+        """``(E,)`` key-order position of each edge, in edge order (``key_perm``'s inverse; built on first use)."""
+
+        def make() -> torch.Tensor:
+            e = self.num_edges
+            out = torch.empty(e, dtype=self.key_crow.dtype, device=self.src.device)
+            return out.scatter_(0, self.key_perm, torch.arange(e, dtype=out.dtype, device=out.device))
+
+        return self._cached("key_position", make)
+
+    @property
+    def key_half(self) -> torch.Tensor:
+        """int64 ``(E,)`` ``key_perm mod E/2``: the rating of each key-order edge of a paired graph."""
+        if not self.paired:
+            raise ValueError("key_half needs a graph built with paired=True")
+        half = self.num_edges // 2
+        return self._cached("key_half", lambda: torch.where(self.key_perm < half, self.key_perm, self.key_perm - half))
 
     @property
     def norm(self) -> torch.Tensor:
@@ -283,9 +352,12 @@ class RelationalGraph:
             raise ValueError("dropout_undirected needs a graph built with paired=True")
         half = self.num_edges // 2
         keep_half = torch.rand(half, generator=generator, device=self.src.device) >= p
-        keep_sorted = torch.cat([keep_half, keep_half]).index_select(0, self.key_perm)  # (E,)
-        slots = self.num_nodes * self.num_relations
-        counts = torch.bincount(self.key_sorted[keep_sorted], minlength=slots).clamp_(min=1)
+        keep_sorted = keep_half.index_select(0, self.key_half)  # (E,) both directions of a rating alike
+        # Kept edges per slot: key order is slot order, so a running count read at the row pointers.
+        running = self.key_crow.new_zeros(self.num_edges + 1)
+        torch.cumsum(keep_sorted, 0, out=running[1:])
+        at = running.index_select(0, self.key_crow)
+        counts = (at[1:] - at[:-1]).clamp_(min=1)
         norm_sorted = counts.to(torch.float32).reciprocal_().index_select(0, self.key_sorted).mul_(keep_sorted)
         return replace(self, norm_sorted=norm_sorted)
 
@@ -312,6 +384,7 @@ class RelationalGraph:
                 src_col=self.t_perm,
                 dst_crow=self.dst_crow,
                 dst_col=torch.arange(e, dtype=idx, device=self.src.device),
+                pairs=torch.stack([self.key_col, self.dst_sorted + n], 1),
                 to_key=None,
             )
         else:
@@ -330,7 +403,9 @@ class RelationalGraph:
                 src_col=(self.key_perm[~first] - half).to(idx),
                 dst_crow=_crow(torch.bincount(dst, minlength=n), idx),
                 dst_col=self.key_perm[first].to(idx),
-                to_key=torch.where(first, self.key_perm, self.key_perm - half),  # key_perm mod E/2
+                pairs=torch.stack([src, dst + n], 1).to(idx),
+                to_key=self.key_half,
+                key_position=self.key_position,
             )
         self._cache[key] = rows
         return rows
@@ -574,7 +649,7 @@ class _EdgeSum(torch.autograd.Function):
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, rows: ScorerRows) -> torch.Tensor:
         ctx.rows = rows
         ctx.num_nodes = a.shape[0]
-        return a.index_select(0, rows.src) + b.index_select(0, rows.dst)
+        return rows.gather_sum(a, b)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -586,16 +661,16 @@ class _EdgeSum(torch.autograd.Function):
 class _EdgeMLP(torch.autograd.Function):
     """``v · relu(a[src_m] + b[dst_m])`` for every scorer row: ``(M,)``.
 
-    One ``(M, H)`` buffer is built in place (gather, add, relu) and kept for the
-    backward; the backward's scatters to ``a`` and ``b`` are CSR products with
-    pre-sorted incidence patterns instead of ``index_add_``.
+    One ``(M, H)`` buffer is built (a fused gather-add, then ReLU in place) and
+    kept for the backward. The backward's scatters to ``a`` and ``b`` are CSR
+    products with pre-sorted incidence patterns instead of ``index_add_``, and
+    ``v`` is factored out of them: ``Σ_m 1[h_m > 0] g_m v = v ⊙ Σ_m 1[h_m > 0] g_m``,
+    so no ``g ⊗ v`` buffer is built.
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, v: torch.Tensor, rows: ScorerRows) -> torch.Tensor:
-        hid = a.index_select(0, rows.src)  # (M, H)
-        hid += b.index_select(0, rows.dst)
-        hid.relu_()
+        hid = rows.gather_sum(a, b).relu_()  # (M, H)
         ctx.save_for_backward(hid, v)
         ctx.rows = rows
         ctx.num_nodes = a.shape[0]
@@ -607,10 +682,12 @@ class _EdgeMLP(torch.autograd.Function):
         dtype = _compute_dtype(hid)
         grad = grad.contiguous().to(dtype)
         grad_v = hid.T @ grad  # (H,)
-        # d/d pre = 1[pre > 0] · grad_m · v: ReLU's own backward kernel, reading the saved output.
-        grad_pre = torch.ops.aten.threshold_backward(torch.outer(grad, v.to(dtype)), hid, 0)  # (M, H)
-        grad_a, grad_b = ctx.rows.scatter(grad_pre, ctx.num_nodes)
-        return grad_a, grad_b, grad_v, None
+        # d/d pre = 1[pre > 0] · grad_m (times v, applied after the scatter): ReLU's own backward
+        # kernel, reading the saved output.
+        masked = torch.ops.aten.threshold_backward(grad.unsqueeze(1).expand_as(hid), hid, 0)  # (M, H)
+        grad_a, grad_b = ctx.rows.scatter(masked, ctx.num_nodes)
+        v = v.to(dtype)
+        return grad_a.mul_(v), grad_b.mul_(v), grad_v, None
 
 
 class EdgeScorer(nn.Module):
@@ -841,7 +918,7 @@ class RGCNStack(nn.Module):
             outs.append(x)
             if self.scorers and k < len(self.scorers):
                 w = self.scorers[k].weights_rows(x, graph, row_graph, count)  # (M,)
-                value = norm * (w if rows.to_key is None else w.index_select(0, rows.to_key))
+                value = norm * rows.to_key_order(w)
         return torch.cat(outs, dim=-1)
 
 
