@@ -245,6 +245,23 @@ class RatingGraph:
         found[found] = self._user_item_key[pos[found]] == key[found]
         return np.where(found, pos, -1)
 
+    def user_tensors(self) -> tuple:
+        """The user-side CSR arrays as torch tensors, built once and cached:
+        ``(indptr int64, items int32, types int64, values float32)`` (CPU; the
+        int64 and float32 ones share memory with the NumPy arrays)."""
+        cached = self.__dict__.get("_user_tensors")
+        if cached is None:
+            import torch
+
+            cached = (
+                torch.from_numpy(self.user_indptr),
+                torch.from_numpy(self.user_items.astype(np.int32)),
+                torch.from_numpy(self.user_types),
+                torch.from_numpy(self.user_values),
+            )
+            object.__setattr__(self, "_user_tensors", cached)
+        return cached
+
     def __repr__(self) -> str:
         return (
             f"RatingGraph(num_users={self.num_users}, num_items={self.num_items}, "

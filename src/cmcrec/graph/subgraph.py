@@ -87,6 +87,38 @@ def _gather(indptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return pos, lens
 
 
+def _runs(
+    starts: torch.Tensor, lens: torch.Tensor, seg_start: torch.Tensor, total: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """``cat([arange(s, s + n) for s, n in zip(starts, lens)])`` as ``dtype`` ``(total,)``.
+
+    One cumulative sum over ones, with each non-empty run's first entry
+    replaced by the jump from the previous run's last value (``seg_start`` is
+    ``cumsum(lens) - lens``, ``total`` is ``lens.sum()``).
+    """
+    out = torch.ones(total, dtype=dtype)
+    nonempty = lens > 0
+    s, n = starts[nonempty], lens[nonempty]
+    jump = s.clone()
+    jump[1:] -= s[:-1] + n[:-1] - 1
+    out[seg_start[nonempty]] = jump.to(dtype)
+    return torch.cumsum(out, 0, dtype=dtype)
+
+
+def _repeat(
+    values: torch.Tensor, lens: torch.Tensor, seg_start: torch.Tensor, total: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """``repeat_interleave(values, lens)`` as ``dtype``: one cumulative sum over the
+    differences between consecutive non-empty runs' values (several times faster on CPU)."""
+    out = torch.zeros(total, dtype=dtype)
+    nonempty = lens > 0
+    v = values[nonempty]
+    step = v.clone()
+    step[1:] -= v[:-1]
+    out[seg_start[nonempty]] = step.to(dtype)
+    return torch.cumsum(out, 0, dtype=dtype)
+
+
 def _in_sorted(keys: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Boolean mask of ``keys`` found in the ascending array ``ref``."""
     if ref.shape[0] == 0:
@@ -244,61 +276,73 @@ def extract_subgraphs_with_nodes(
     order = np.argsort(u_id, kind="stable")
     u_graph, u_node, u_id = u_graph[order], u_node[order], u_id[order]
 
-    # All ratings of the selected users; keep those whose item is selected in
-    # the same graph. Membership and local id in one look-up of graph * ni + item.
+    # All ratings of the selected users; keep those whose item is selected in the same graph.
+    # These are the batch's biggest arrays (every rating of every selected user, several times
+    # the kept edges), so this part runs in torch: its gathers use every intra-op thread, and
+    # runs and repeats are one cumulative sum each (see _runs) instead of repeat + arange.
+    indptr, rated_item, rated_type, rated_value = graph.user_tensors()
     i_key = np.concatenate([item_groups[h] for h in range(hops + 1)])
     i_id = np.concatenate([node_id[2 * h + 1] for h in range(hops + 1)])
-    pos, lens = _gather(graph.user_indptr, u_node)
-    query = np.repeat(u_graph * ni, lens)
-    query += graph.user_items[pos]
-    if B * ni <= _DENSE_LOOKUP_MAX:
-        lookup = np.full(B * ni, -1, dtype=np.int64)
-        lookup[i_key] = i_id
-        dst = lookup[query]
+    u_node_t = torch.from_numpy(u_node)
+    starts = indptr.index_select(0, u_node_t)
+    lens = indptr.index_select(0, u_node_t + 1) - starts
+    total = int(lens.sum())
+    seg_start = torch.cumsum(lens, 0) - lens
+    pos = _runs(starts, lens, seg_start, total, torch.int32 if graph.num_edges < 2**31 else torch.int64)
+    dense = B * ni <= _DENSE_LOOKUP_MAX
+    # graph * ni + item: membership and local id in one look-up.
+    query = _repeat(torch.from_numpy(u_graph * ni), lens, seg_start, total, torch.int32 if dense else torch.int64)
+    query += rated_item.index_select(0, pos)
+    i_key_t = torch.from_numpy(i_key)
+    i_id_t = torch.from_numpy(i_id).to(torch.int32 if N < 2**31 else torch.int64)
+    if dense:
+        lookup = torch.full((B * ni,), -1, dtype=i_id_t.dtype)
+        lookup[i_key_t] = i_id_t
+        dst = lookup.index_select(0, query)
     else:
-        order = np.argsort(i_key)
-        i_key, i_id = i_key[order], i_id[order]
-        at = np.searchsorted(i_key, query)
-        at[at == i_key.shape[0]] = 0
-        dst = np.where(i_key[at] == query, i_id[at], -1)
+        i_key_t, order = torch.sort(i_key_t)
+        i_id_t = i_id_t.index_select(0, order)
+        at = torch.searchsorted(i_key_t, query).clamp_(max=max(i_key_t.numel() - 1, 0))
+        dst = torch.where(i_key_t.index_select(0, at) == query, i_id_t.index_select(0, at), -1)
     # Drop the target rating: it sits in the target user's list (first node of its graph).
     target = graph.edge_position(users, items)
     has = target >= 0
-    seg_start = np.cumsum(lens) - lens
     # Target users are the first user of each graph: segment index = user node run start.
     first_user_seg = np.searchsorted(u_id, user_pos)
-    drop = seg_start[first_user_seg[has]] + (target[has] - graph.user_indptr[users[has]])
-    dst[drop] = -1
-    kept = np.flatnonzero(dst >= 0)
+    drop = seg_start.numpy()[first_user_seg[has]] + (target[has] - graph.user_indptr[users[has]])
+    dst[torch.from_numpy(drop)] = -1
+    kept = torch.from_numpy(np.flatnonzero((dst >= 0).numpy()))  # NumPy's is about twice torch's nonzero
     # Source of each kept rating: its list's user, repeated per kept entry.
-    bounds = np.append(seg_start, pos.shape[0])
-    src = np.repeat(u_id, np.diff(np.searchsorted(kept, bounds)))
-    # Canonical order: by (source user, destination item). Sources already
-    # ascend, and items ascend by index within a source, but a source's items
-    # are ordered by label first (the target item leads): a stable sort of
-    # this nearly sorted key is cheap and leaves ``src`` as it is.
-    dst = dst[kept]
-    order = np.argsort(src * N + dst, kind="stable")
-    dst = dst[order]
-    pos = pos[kept[order]]
-    E = src.shape[0]
-    edge_index = np.empty((2, 2 * E), dtype=np.int64)
+    bounds = torch.cat([seg_start, seg_start.new_tensor([total])])
+    per_seg = torch.diff(torch.searchsorted(kept, bounds))
+    E = kept.numel()
+    src = _repeat(torch.from_numpy(u_id), per_seg, torch.cumsum(per_seg, 0) - per_seg, E, torch.int64)
+    dst = dst.index_select(0, kept).long()
+    pos = pos.index_select(0, kept)
+    # Canonical order: by (source user, destination item). Sources already ascend, and items
+    # ascend by index within a source, but a source's items are ordered by label first (the
+    # target item leads): a stable sort of this nearly sorted key is cheap (NumPy's finds the
+    # sorted runs; torch's stable sort is a full radix sort) and leaves ``src`` as it is.
+    order = torch.from_numpy(np.argsort((src * N + dst).numpy(), kind="stable"))
+    dst = dst.index_select(0, order)
+    pos = pos.index_select(0, order)
+    edge_index = torch.empty((2, 2 * E), dtype=torch.int64)
     edge_index[0, :E] = src
     edge_index[1, :E] = dst
     edge_index[0, E:] = dst
     edge_index[1, E:] = src
-    edge_type = np.empty(2 * E, dtype=np.int64)
-    np.take(graph.user_types, pos, out=edge_type[:E])
+    edge_type = torch.empty(2 * E, dtype=torch.int64)
+    torch.index_select(rated_type, 0, pos, out=edge_type[:E])
     edge_type[E:] = edge_type[:E]
-    edge_value = np.empty(2 * E, dtype=np.float32)
-    np.take(graph.user_values, pos, out=edge_value[:E])
+    edge_value = torch.empty(2 * E, dtype=torch.float32)
+    torch.index_select(rated_value, 0, pos, out=edge_value[:E])
     edge_value[E:] = edge_value[:E]
 
     batch = SubgraphBatch(
         node_label=torch.from_numpy(node_label),
-        edge_index=torch.from_numpy(edge_index),
-        edge_type=torch.from_numpy(edge_type),
-        edge_value=torch.from_numpy(edge_value),
+        edge_index=edge_index,
+        edge_type=edge_type,
+        edge_value=edge_value,
         node_graph=torch.from_numpy(node_graph),
         user_pos=torch.from_numpy(user_pos),
         item_pos=torch.from_numpy(item_pos),
