@@ -16,6 +16,7 @@ from cmcrec.models.layers import (
     dropout_edges_undirected,
     gather_rows,
     info_nce,
+    scorer_values,
 )
 
 
@@ -348,9 +349,23 @@ def test_scorer_parameter_gradients_match_the_plain_autograd_path(per_rating, hi
         grads.append([xg.grad, *(p.grad.clone() for p in scorer.parameters())])
     for fast, slow in zip(*grads, strict=True):
         torch.testing.assert_close(fast, slow)
+    # The values a stack's next layer reads: norm times the rescaled weight of each key position.
     rows = graph.scorer_rows(per_rating)
-    w = torch.rand(rows.src.numel(), dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(rows.to_key_order, (w,))
+    row_graph = node_graph[rows.dst]
+    count = torch.bincount(row_graph, minlength=2).double()
+    s = torch.rand(rows.src.numel(), dtype=torch.float64, requires_grad=True)
+    norm = graph.norm_sorted.double()
+    w = scorer.weights_rows(x, graph, row_graph, count)  # plain autograd
+    s_x = scorer.score_rows(x, graph)
+    expected = norm * (w if rows.to_key is None else w[rows.to_key])
+    torch.testing.assert_close(scorer_values(s_x, norm, rows, row_graph, count), expected)
+    assert torch.autograd.gradcheck(lambda s: scorer_values(s, norm, rows, row_graph, count), (s,))
+    # These rows come in subgraph order, so they may pass their run lengths (segment sums instead of
+    # index_add_): the same values and gradient.
+    assert bool((row_graph[1:] >= row_graph[:-1]).all())
+    runs = torch.bincount(row_graph, minlength=2)
+    torch.testing.assert_close(scorer_values(s_x, norm, rows, row_graph, count, runs), expected)
+    assert torch.autograd.gradcheck(lambda s: scorer_values(s, norm, rows, row_graph, count, runs), (s,))
 
 
 def test_per_rating_scorer_needs_the_paired_layout():
