@@ -72,7 +72,7 @@ def bench_extraction(graph, train, batches: int, batch_size: int, rng: np.random
 def bench_training(model_name: str, graph, train, steps: int, device: str, num_workers: int, seed: int) -> dict:
     from cmcrec.models.registry import DataSpec, get_model
     from cmcrec.training.batching import TargetRows, make_batcher
-    from cmcrec.training.trainer import batch_loader, epoch_batches
+    from cmcrec.training.trainer import batch_loader, epoch_batches, make_optimizer
 
     spec = get_model(model_name)
     config = spec.make_config({"batch_size": 50, "max_nodes_per_hop": 200})
@@ -80,7 +80,7 @@ def bench_training(model_name: str, graph, train, steps: int, device: str, num_w
     dev = torch.device(device)
     data = DataSpec.from_ratings(train)
     model = spec.build(config, data).to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = make_optimizer(model, config, dev)  # the trainer's
     batcher = make_batcher(
         "subgraph", config, graph, train=True, seed=seed, rating_range=(data.rating_min, data.rating_max)
     )
