@@ -332,3 +332,23 @@ def test_movielens_equals_oracle():
     # The same pairs, sampled: a different but valid choice.
     sampled = extract_subgraphs(graph, users, items, max_nodes_per_hop=200, rng=rng)
     assert sampled.num_nodes == batch.num_nodes  # caps bind identically, the chosen nodes differ
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 4)), max_size=12))
+def test_runs_and_repeats_equal_their_slow_definitions(spec):
+    """The cumulative-sum forms of ``cat(arange(s, s + n))`` and ``repeat_interleave`` used by
+    extraction, with empty runs anywhere (first, last, several in a row)."""
+    import torch
+
+    starts = torch.tensor([s for s, _ in spec], dtype=torch.int64)
+    lens = torch.tensor([n for _, n in spec], dtype=torch.int64)
+    total = int(lens.sum())
+    seg_start = torch.cumsum(lens, 0) - lens
+    runs = [list(range(s, s + n)) for s, n in spec]
+    for dtype in (torch.int32, torch.int64):
+        got = subgraph_module._runs(starts, lens, seg_start, total, dtype)
+        assert got.dtype == dtype and got.tolist() == [p for run in runs for p in run]
+        values = starts * 7 - 100  # any values, negative included
+        rep = subgraph_module._repeat(values, lens, seg_start, total, dtype)
+        assert rep.tolist() == torch.repeat_interleave(values, lens).tolist()
