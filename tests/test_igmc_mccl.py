@@ -95,6 +95,23 @@ def test_forward_loss_shapes_range_and_determinism(kind):
     assert bool(((p1 >= 1.0) & (p1 <= 5.0)).all())
 
 
+@pytest.mark.parametrize("scorer_hidden", [4, 0])
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_autocast_forward_and_backward(kind, scorer_hidden):
+    """The trainer's ``bf16`` option: under autocast the custom Functions see half-precision
+    inputs and must still return float gradients of the right shape (CPU autocast stands in
+    for CUDA's here)."""
+    batch = make_batch(GRAPHS)
+    model = build(kind) if kind == "igmc" else build(kind, scorer_hidden=scorer_hidden)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model.loss(batch, model(batch))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for p in model.parameters():
+        assert p.grad is not None and p.grad.dtype == p.dtype and bool(torch.isfinite(p.grad).all())
+
+
 def test_mccl_loss_parts():
     batch = make_batch(GRAPHS)
     model = build("full", embedding_l2=0.01)

@@ -327,14 +327,21 @@ def test_per_rating_scorer_scores_each_rating_once_for_both_directions(hidden):
     assert repr(scorer) == f"EdgeScorer(3, hidden={hidden}, per_rating=True)"
 
 
+@pytest.mark.parametrize("sorted_src", [False, True])
 @pytest.mark.parametrize("per_rating", [False, True])
 @pytest.mark.parametrize("hidden", [4, 0])
-def test_scorer_parameter_gradients_match_the_plain_autograd_path(per_rating, hidden):
+def test_scorer_parameter_gradients_match_the_plain_autograd_path(per_rating, hidden, sorted_src):
     """The custom Functions (fused gather, factored backward, key-order read) give the same
-    parameter and input gradients as plain indexing, which autograd differentiates itself."""
+    parameter and input gradients as plain indexing, which autograd differentiates itself;
+    with ratings grouped by source (the extract_subgraphs layout: no source sort) or not."""
     n, r, pairs = 10, 3, 25
     edge_index, edge_type = _paired_graph(5, r, pairs, 8)
     edge_index = edge_index + 5 * (torch.arange(2 * pairs) % pairs >= 12)
+    if sorted_src:
+        order = torch.argsort(edge_index[0, :pairs], stable=True)
+        order = torch.cat([order, order + pairs])
+        edge_index, edge_type = edge_index[:, order], edge_type[order]
+        assert bool((edge_index[0, 1:pairs] >= edge_index[0, : pairs - 1]).all())
     graph = RelationalGraph.build(edge_index, edge_type, n, r, paired=True)
     node_graph = torch.tensor([0] * 5 + [1] * 5)
     torch.manual_seed(2)
@@ -366,6 +373,22 @@ def test_scorer_parameter_gradients_match_the_plain_autograd_path(per_rating, hi
     runs = torch.bincount(row_graph, minlength=2)
     torch.testing.assert_close(scorer_values(s_x, norm, rows, row_graph, count, runs), expected)
     assert torch.autograd.gradcheck(lambda s: scorer_values(s, norm, rows, row_graph, count, runs), (s,))
+
+
+def test_transposed_values_are_remembered_per_tensor_and_version():
+    n, r = 8, 3
+    edge_index, edge_type = _paired_graph(n, r, 20, 4)
+    graph = RelationalGraph.build(edge_index, edge_type, n, r, paired=True)
+    value = torch.rand(40)
+    first = graph.transposed_values(value)
+    assert torch.equal(first, value[graph.t_perm.long()])
+    assert graph.transposed_values(value) is first  # the same tensor, unchanged: reused
+    value.mul_(2.0)  # changed in place: recomputed
+    assert torch.equal(graph.transposed_values(value), value[graph.t_perm.long()])
+    other = torch.rand(40)
+    dropped = graph.dropout_undirected(0.5)  # shares the cache: still keyed by the tensor itself
+    assert torch.equal(dropped.transposed_values(other), other[graph.t_perm.long()])
+    assert torch.equal(graph.transposed_values(value), value[graph.t_perm.long()])
 
 
 def test_per_rating_scorer_needs_the_paired_layout():

@@ -352,3 +352,17 @@ def test_runs_and_repeats_equal_their_slow_definitions(spec):
         values = starts * 7 - 100  # any values, negative included
         rep = subgraph_module._repeat(values, lens, seg_start, total, dtype)
         assert rep.tolist() == torch.repeat_interleave(values, lens).tolist()
+
+
+def test_rating_graph_pickles_without_its_tensor_views():
+    import pickle
+
+    users, items = Vocabulary(["a", "b"], "user"), Vocabulary(["x", "y"], "item")
+    scale = RatingScale.from_range(1.0, 5.0, 1.0)
+    ratings = Ratings(np.array([0, 0, 1]), np.array([0, 1, 1]), np.array([5.0, 3.0, 4.0]), users, items, scale)
+    graph = RatingGraph.from_ratings(ratings)
+    items = graph.user_tensors()[1]
+    assert items.tolist() == graph.user_items.tolist()
+    copy = pickle.loads(pickle.dumps(graph))
+    assert "_user_tensors" not in copy.__dict__
+    assert copy.user_tensors()[1].tolist() == items.tolist()

@@ -247,7 +247,7 @@ class RatingGraph:
 
     def user_tensors(self) -> tuple:
         """The user-side CSR arrays as torch tensors, built once and cached:
-        ``(indptr int64, items int32, types int64, values float32)`` (CPU; the
+        ``(indptr int64, items int32 (int64 past 2**31 items), types int64, values float32)`` (CPU; the
         int64 and float32 ones share memory with the NumPy arrays)."""
         cached = self.__dict__.get("_user_tensors")
         if cached is None:
@@ -255,12 +255,20 @@ class RatingGraph:
 
             cached = (
                 torch.from_numpy(self.user_indptr),
-                torch.from_numpy(self.user_items.astype(np.int32)),
+                torch.from_numpy(self.user_items.astype(np.int32 if self.num_items < 2**31 else np.int64)),
                 torch.from_numpy(self.user_types),
                 torch.from_numpy(self.user_values),
             )
             object.__setattr__(self, "_user_tensors", cached)
         return cached
+
+    def __getstate__(self) -> dict:
+        # The tensor views of user_tensors() are rebuilt on first use: a pickled graph (spawned
+        # DataLoader workers) carries the NumPy arrays only.
+        return {k: v for k, v in self.__dict__.items() if k != "_user_tensors"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return (

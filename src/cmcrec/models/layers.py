@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -211,8 +212,11 @@ def scorer_values(
 
     Returns:
         ``norm_k · w[to_key_k]`` with the scores rescaled to mean 1 within each subgraph
-        (:meth:`EdgeScorer.weights_rows`).
+        (:meth:`EdgeScorer.weights_rows`). Differentiable in ``s`` only (``norm`` is a
+        constant of the graph: a ``norm`` that requires grad is an error).
     """
+    if norm.requires_grad:
+        raise ValueError("scorer_values: norm must not require grad (it is a constant of the graph)")
     return _ScorerValues.apply(s, norm, rows, row_graph, row_count, runs)
 
 
@@ -297,7 +301,8 @@ class RelationalGraph:
         src, dst = edge_index[0], edge_index[1]
         num_edges = int(src.numel())
         slots = num_nodes * num_relations
-        idx = torch.int32 if max(slots, num_edges) <= _INT32_MAX else torch.int64
+        # int32 when every index fits, the scorers' ``N + dst`` bags included.
+        idx = torch.int32 if max(slots, num_edges, 2 * num_nodes) <= _INT32_MAX else torch.int64
         key = dst.to(idx) * num_relations + edge_type.to(idx)  # (E,)
         key_perm = torch.sort(_narrow_keys(key, slots, idx), stable=True).indices
         key_sorted = key.index_select(0, key_perm)
@@ -481,10 +486,12 @@ class RelationalGraph:
         without edge scorers share one, so their backwards permute it once.
         """
         last = self._cache.get("transposed")
-        if last is not None and last[0] is value and last[1] == value._version:
+        if last is not None and last[0]() is value and last[1] == value._version:
             return last[2]
         out = value.index_select(0, self.t_perm)
-        self._cache["transposed"] = (value, value._version, out)
+        # A weak reference: a strong one could keep ``value``'s autograd graph, and through it this
+        # graph, alive in a cycle the garbage collector cannot see.
+        self._cache["transposed"] = (weakref.ref(value), value._version, out)
         return out
 
     def target_rows(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -757,6 +764,7 @@ class _EdgeMLP(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         hid, v = ctx.saved_tensors
         dtype = _compute_dtype(hid)
+        hid = hid.to(dtype)  # half-precision under autocast: the backward runs in float32
         grad = grad.contiguous().to(dtype)
         grad_v = hid.T @ grad  # (H,)
         # d/d pre = 1[pre > 0] · grad_m (times v, applied after the scatter): ReLU's own backward
@@ -855,7 +863,8 @@ class EdgeScorer(nn.Module):
             row_count: ``(B,)`` scorer rows per subgraph (as ``x``'s dtype, at least 1).
 
         Returns:
-            ``(M,)`` positive weights; :func:`scorer_values` gives the operator values in key order.
+            ``(M,)`` positive weights (:func:`scorer_values` computes the same from the raw scores,
+            straight into the operator's key-order values).
         """
         s = self.score_rows(x, graph)
         total = s.new_zeros(row_count.numel()).index_add(0, row_graph, s)  # (B,)
