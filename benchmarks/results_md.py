@@ -224,6 +224,21 @@ def main() -> None:
             ],
         ),
         (
+            "throughput_ab_speed.json",
+            "Throughput before and after the int32 build, fused scorer and torch extraction work (same machine state)",
+            [
+                "round",
+                "code",
+                "extract_subgraphs_per_s",
+                "igmc_train_subgraphs_per_s",
+                "igmc_compute_subgraphs_per_s",
+                "mccl_train_subgraphs_per_s",
+                "mccl_compute_subgraphs_per_s",
+                "mccl-lin_train_subgraphs_per_s",
+                "peak_rss_mb",
+            ],
+        ),
+        (
             "igmc_reference_check.json",
             "IGMC at the public implementation's settings (5 epochs)",
             ["seed", "code", "output", "best_epoch", "best_valid_rmse", "rmse", "public_igmc_rmse_after_5_epochs"],
