@@ -767,9 +767,10 @@ class _EdgeMLP(torch.autograd.Function):
         hid = hid.to(dtype)  # half-precision under autocast: the backward runs in float32
         grad = grad.contiguous().to(dtype)
         grad_v = hid.T @ grad  # (H,)
-        # d/d pre = 1[pre > 0] · grad_m (times v, applied after the scatter): ReLU's own backward
-        # kernel, reading the saved output.
-        masked = torch.ops.aten.threshold_backward(grad.unsqueeze(1).expand_as(hid), hid, 0)  # (M, H)
+        # d/d pre = 1[pre > 0] · grad_m (times v, applied after the scatter). ``hid`` is a ReLU output,
+        # so its sign is that indicator: two contiguous passes, several times faster on CPU than
+        # ReLU's backward kernel reading a broadcast gradient.
+        masked = hid.sign().mul_(grad.unsqueeze(1))  # (M, H)
         grad_a, grad_b = ctx.rows.scatter(masked, ctx.num_nodes)
         v = v.to(dtype)
         return grad_a.mul_(v), grad_b.mul_(v), grad_v, None
