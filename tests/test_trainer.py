@@ -11,6 +11,7 @@ from cmcrec.config import RunContext
 from cmcrec.errors import ArtifactError, ConfigError
 from cmcrec.models.registry import DataSpec, get_model
 from cmcrec.recommender import Recommender
+from cmcrec.training.averaging import WeightAverage, average_decay
 from cmcrec.training.batching import PairBatcher
 from cmcrec.training.trainer import Trainer, epoch_batches, ordered_batches, resolve_device
 
@@ -163,3 +164,83 @@ def test_trainer_loss_decreases():
     )
     losses = [h.train_loss for h in result.history]
     assert losses[-1] < losses[0]
+
+
+def test_weight_average_matches_hand_computation():
+    # decay 0.5; warm-up decays min(0.5, (1 + t) / (10 + t)) are 0.1, 0.1818..., then 0.25, ...
+    w = torch.nn.Parameter(torch.tensor([2.0]))
+    module = torch.nn.Module()
+    module.w = w
+    avg = WeightAverage(module, 0.5)
+    expected = 2.0
+    for t, value in enumerate([4.0, 0.0, 8.0, 1.0, -3.0, 5.0, 2.0, 7.0, 1.0, 1.0, 6.0]):
+        with torch.no_grad():
+            w.fill_(value)
+        avg.update()
+        d = min(0.5, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * value
+        assert avg.average[0].item() == pytest.approx(expected, rel=1e-6)
+    assert average_decay(0.5, 0) == pytest.approx(0.1) and average_decay(0.5, 100) == 0.5
+    with avg.swapped():
+        assert w.item() == pytest.approx(expected, rel=1e-6)
+    assert w.item() == 6.0  # the live weight is back
+
+
+def test_weight_average_is_validated_selected_and_kept():
+    split = low_rank_split(seed=1)
+    spec = get_model("mf")
+    config = spec.make_config(CFG | {"epochs": 4, "ema_decay": 0.9})
+    trainer = Trainer(spec.build(config, DataSpec.from_ratings(split.train)), config, RunContext(progress=False))
+    seen = []
+    evaluate = trainer.evaluate
+
+    def spy(valid, batcher):
+        seen.append([p.detach().clone() for p in trainer.model.parameters()])
+        return evaluate(valid, batcher)
+
+    trainer.evaluate = spy
+    result = trainer.fit(split.train, split.test, PairBatcher(seed=0), PairBatcher())
+    # Every validation saw the average, which differs from the live weights after the last step.
+    assert trainer.average.updates == 4 * len(epoch_batches(len(split.train), 32, 0, 0))
+    last = seen[-1]
+    for p, a in zip(last, trainer.average.average, strict=True):
+        torch.testing.assert_close(p, a)
+    # The kept model is the average of the best epoch: re-validating it gives the recorded RMSE.
+    rmse, _ = evaluate(split.test, PairBatcher())
+    assert rmse == pytest.approx(result.best_valid_rmse, rel=1e-6)
+    best = seen[result.best_epoch - 1]
+    for p, a in zip(trainer.model.parameters(), best, strict=True):
+        torch.testing.assert_close(p.detach(), a)
+
+
+def test_weight_average_resume_equals_uninterrupted(tmp_path):
+    cfg = CFG | {"ema_decay": 0.95}
+
+    def fit(epochs, ckpt=None, resume=False):
+        split = low_rank_split(seed=1)
+        rec = Recommender.fit(
+            "mf", split.train, cfg | {"epochs": epochs}, RunContext(progress=False), checkpoint_dir=ckpt, resume=resume
+        )
+        return rec.predict_indices(split.test.user, split.test.item), rec.training
+
+    full, full_log = fit(5)
+    fit(2, tmp_path / "ckpt")
+    resumed, resumed_log = fit(5, tmp_path / "ckpt", resume=True)
+    np.testing.assert_allclose(resumed, full, rtol=1e-6)
+    assert resumed_log["best_epoch"] == full_log["best_epoch"]
+    # A checkpoint without the average cannot silently continue an averaged run.
+    with pytest.raises(ArtifactError, match="ema_decay"):
+        split = low_rank_split(seed=1)
+        Recommender.fit(
+            "mf",
+            split.train,
+            CFG | {"epochs": 4},
+            RunContext(progress=False),
+            checkpoint_dir=tmp_path / "ckpt",
+            resume=True,
+        )
+
+
+def test_ema_decay_out_of_range_names_the_field():
+    with pytest.raises(ConfigError, match="ema_decay"):
+        get_model("mf").make_config(CFG | {"ema_decay": 1.0})

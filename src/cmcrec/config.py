@@ -129,6 +129,10 @@ class TrainConfig(ConfigBase):
             the lowest RMSE, by any margin). 0.
         valid_fraction: share of training ratings carved off for validation
             (epoch selection and early stopping). Never the test split.
+        ema_decay: keep an exponential moving average of the weights with this
+            decay per step (:class:`~cmcrec.training.averaging.WeightAverage`);
+            validation, epoch selection and the saved model then use the
+            averaged weights. 0 disables (the default).
     """
 
     lr: float = 1e-3
@@ -141,6 +145,7 @@ class TrainConfig(ConfigBase):
     patience: int | None = None
     min_delta: float = 0.0
     valid_fraction: float = 0.05
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", self.lr, "> 0")
@@ -153,6 +158,7 @@ class TrainConfig(ConfigBase):
         _check(self.patience is None or self.patience >= 1, "patience", self.patience, ">= 1 or null")
         _check(self.min_delta >= 0, "min_delta", self.min_delta, ">= 0")
         _check(0 < self.valid_fraction < 1, "valid_fraction", self.valid_fraction, "in (0, 1)")
+        _check(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "in [0, 1) (0: off)")
 
 
 @dataclass

@@ -14,6 +14,7 @@ writes files.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
@@ -34,6 +35,7 @@ from cmcrec.errors import ArtifactError, ConfigError
 from cmcrec.models.base import RatingModel
 from cmcrec.training import distributed as dist_utils
 from cmcrec.training.allocator import tune_cpu_allocator
+from cmcrec.training.averaging import WeightAverage
 from cmcrec.training.batching import TargetRows, identity_collate
 
 
@@ -192,6 +194,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=config.lr_decay_step, gamma=config.lr_decay_factor
         )
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.history: list[EpochRecord] = []
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch = -1
@@ -216,6 +219,7 @@ class Trainer:
             "patience_rmse": self.patience_rmse,
             "history": [asdict(h) for h in self.history],
             "torch_rng": torch.get_rng_state(),
+            "average": None if self.average is None else self.average.state_dict(),
         }
 
     def save_checkpoint(self, epoch: int) -> None:
@@ -245,6 +249,15 @@ class Trainer:
             raise ArtifactError(f"{directory}: checkpoint does not match this model ({e})") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if (state.get("average") is None) != (self.average is None):
+            raise ArtifactError(
+                f"{directory}: checkpoint was written with a different ema_decay setting (on/off) than this run"
+            )
+        if self.average is not None:
+            try:
+                self.average.load_state_dict(state["average"])
+            except ValueError as e:
+                raise ArtifactError(f"{directory}: {e}") from None
         self.best_state = state["best_state"]
         self.best_epoch = state["best_epoch"]
         self.best_valid_rmse = state["best_valid_rmse"]
@@ -334,6 +347,8 @@ class Trainer:
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
+                if self.average is not None:
+                    self.average.update()
                 b = batch.num_labelled  # rated targets weight the loss; ranking negatives only add subgraphs
                 total += float(loss.detach()) * b
                 seen += b
@@ -345,7 +360,11 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             total, seen, cut = dist_utils.all_reduce_sums([total, float(seen), float(cut)], self.device, ctx)
-            valid_rmse, valid_mse = self.evaluate(valid, valid_batcher)
+            # Validated, selected and kept: the averaged weights when averaging, else the live ones.
+            with contextlib.nullcontext() if self.average is None else self.average.swapped():
+                valid_rmse, valid_mse = self.evaluate(valid, valid_batcher)
+                if valid_rmse < self.best_valid_rmse:
+                    self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
             record = EpochRecord(
                 epoch=epoch + 1,
                 train_loss=total / max(seen, 1),
@@ -360,7 +379,6 @@ class Trainer:
             if valid_rmse < self.best_valid_rmse:
                 self.best_valid_rmse = valid_rmse
                 self.best_epoch = epoch + 1
-                self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
             # Before the checkpoint, so a resumed run counts patience from the same epoch.
             if valid_rmse < self.patience_rmse - cfg.min_delta:
                 self.patience_rmse = valid_rmse
