@@ -80,3 +80,35 @@ def test_rerun_reaggregates_a_file_with_stale_rows(tmp_path):
     payload = run_accuracy([], ["mccl"], [0, 1], out, log=lambda _: None)
     assert [r["model"] for r in payload["rows"]] == ["mccl"]
     assert json.loads(out.read_text())["rows"] == payload["rows"]
+
+
+def test_runs_with_overrides_are_their_own_labelled_row():
+    runs = [_run("ml-100k", "mccl", s, v) for s, v in [(0, 0.90), (1, 0.92)]]
+    runs += [_run("ml-100k", "mccl", s, v) | {"overrides": {"ema_decay": 0.999}} for s, v in [(0, 0.80), (1, 0.84)]]
+    for r in runs:
+        r["command"] = "cmd"
+    rows = {r["model"]: r for r in aggregate(runs)}
+    assert set(rows) == {"mccl", "mccl (ema_decay=0.999)"}
+    assert rows["mccl"]["rmse_mean"] == pytest.approx(0.91)
+    assert rows["mccl (ema_decay=0.999)"]["rmse_mean"] == pytest.approx(0.82)
+    # ... and the resume key tells them apart, so a rerun with --set does not skip the plain runs' seeds.
+    from cmcrec.benchmarks.accuracy import _key
+
+    assert _key(runs[0]) != _key(runs[2]) and _key(runs[0]) == _key(runs[0] | {"overrides": {}})
+
+
+def test_overrides_apply_after_the_preset():
+    assert model_config("mccl", "cpu", None, {"ema_decay": 0.99, "lr": 5e-4}).ema_decay == 0.99
+    assert model_config("mccl", "cpu", None, {"lr": 5e-4}).lr == 5e-4  # the preset's 2e-3 is overridden
+
+
+@pytest.mark.parametrize("command", ["accuracy", "blog"])
+def test_unknown_override_key_is_a_clear_error(capsys, command, tmp_path):
+    from cmcrec.cli import main
+
+    code = main(
+        ["benchmark", command, "--models", "mf,igmc", "--set", "ema_dcay=0.9", "--out", str(tmp_path / "o.json")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "--set" in err and "ema_dcay" in err
+    assert not (tmp_path / "o.json").exists()

@@ -9,6 +9,7 @@ there, so a long table can be built in pieces.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from cmcrec.benchmarks.common import command_line, fit_or_load, load_results, machine, now, write_results
+from cmcrec.benchmarks.common import (
+    command_line,
+    fit_or_load,
+    load_results,
+    machine,
+    model_label,
+    now,
+    write_results,
+)
 from cmcrec.config import RunContext
 from cmcrec.evaluation.metrics import mae, rmse
 from cmcrec.models.presets import preset_overrides
@@ -42,12 +51,14 @@ def model_config(model: str, preset: str | None, epochs: int | None, extra: dict
 def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, model, preset): mean ± std (sample std, ddof=1) of test RMSE over seeds.
 
+    A run trained with ``--set`` overrides is its own model, labelled
+    ``model (key=value, ...)`` (:func:`~cmcrec.benchmarks.common.model_label`).
     A row's ``command`` is the command its runs were made with (several, joined
     by `` ; ``, when the seeds were run in pieces).
     """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["dataset"], r["model"], r.get("preset")), []).append(r)
+        groups.setdefault((r["dataset"], model_label(r), r.get("preset")), []).append(r)
     rows = []
     for (dataset, model, preset), rs in groups.items():
         values = np.array([r["rmse"] for r in rs])
@@ -82,24 +93,31 @@ def run_accuracy(
     device: str = "auto",
     num_workers: int = 0,
     models_dir: Path | None = None,
+    overrides: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train and score every (dataset, model, seed); returns the results payload written to ``out``.
 
     With ``models_dir``, each trained model is saved there (and reused by other studies).
+    ``overrides`` (the CLI's ``--set``) are applied after the preset to the models
+    that have each key, recorded with each run (part of its resume key) and shown
+    in its row's model label.
     """
     from cmcrec.data.datasets import load_split
 
     payload = load_results(out)
     runs: list[dict[str, Any]] = payload.get("runs", [])
-    done = {(r["dataset"], r["model"], r["seed"], r.get("preset")) for r in runs}
+    done = {_key(r) for r in runs}
     command = command_line()
     for dataset in datasets:
         split = load_split(dataset, None, data_dir=data_dir)
         for model in models:
-            config = model_config(model, preset, epochs)
+            config = model_config(model, preset, epochs, overrides)
+            # The overrides this model's config took (model_config ignores keys it lacks).
+            applied = {k: v for k, v in (overrides or {}).items() if hasattr(config, k)}
             for seed in seeds:
-                if (dataset, model, seed, preset) in done:
+                key = {"dataset": dataset, "model": model, "seed": seed, "preset": preset, "overrides": applied}
+                if _key(key) in done:
                     continue
                 t0 = time.perf_counter()
                 context = RunContext(device=device, seed=seed, num_workers=num_workers, progress=False)
@@ -112,6 +130,7 @@ def run_accuracy(
                     "split": split.name,
                     "model": model,
                     "preset": preset,
+                    "overrides": applied,
                     "seed": seed,
                     "rmse": rmse(pred, split.test.rating),
                     "mae": mae(pred, split.test.rating),
@@ -132,7 +151,7 @@ def run_accuracy(
                 }
                 runs.append(run)
                 log(
-                    f"{dataset:<12} {model:<10} seed {seed}: test RMSE {run['rmse']:.4f} "
+                    f"{dataset:<12} {model_label(run):<10} seed {seed}: test RMSE {run['rmse']:.4f} "
                     f"(best epoch {run['best_epoch']}/{run['epochs_run']}, {run['wall_seconds']:.0f}s)"
                 )
                 payload = _payload(runs)
@@ -141,6 +160,11 @@ def run_accuracy(
         payload = _payload(runs)
         write_results(out, payload)
     return payload
+
+
+def _key(run: dict[str, Any]) -> tuple:
+    overrides = json.dumps(run.get("overrides") or {}, sort_keys=True)
+    return (run["dataset"], run["model"], run["seed"], run.get("preset"), overrides)
 
 
 def _payload(runs: list[dict[str, Any]]) -> dict[str, Any]:

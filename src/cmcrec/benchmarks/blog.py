@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from cmcrec.benchmarks.accuracy import model_config
-from cmcrec.benchmarks.common import command_line, fit_or_load, load_results, machine, now, write_results
+from cmcrec.benchmarks.common import (
+    command_line,
+    fit_or_load,
+    load_results,
+    machine,
+    model_label,
+    now,
+    write_results,
+)
 from cmcrec.benchmarks.robustness import candidates_used
 from cmcrec.config import RunContext
 from cmcrec.data.ratings import Split
@@ -98,14 +106,6 @@ def _key(run: dict[str, Any]) -> tuple:
 
 
 _ROW_KEYS = ("split", "model", "rmse", "mae", *BLOG_METRICS, "gini@10", "candidates", "seed", "num_users_evaluated")
-
-
-def model_label(run: dict[str, Any]) -> str:
-    """``model``, or ``model (key=value, ...)`` for a run trained with ``--set`` overrides."""
-    overrides = run.get("overrides") or {}
-    if not overrides:
-        return run["model"]
-    return f"{run['model']} ({', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))})"
 
 
 def _row(run: dict[str, Any]) -> dict[str, Any]:

@@ -78,3 +78,11 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     if path is not None:
         rec.save(path)
     return rec
+
+
+def model_label(run: dict[str, Any]) -> str:
+    """``model``, or ``model (key=value, ...)`` for a run trained with ``--set`` overrides."""
+    overrides = run.get("overrides") or {}
+    if not overrides:
+        return run["model"]
+    return f"{run['model']} ({', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))})"

@@ -43,6 +43,23 @@ def _overrides(pairs: list[str] | None, flag: str = "--set") -> dict:
     return out
 
 
+def _check_overrides(overrides: dict, models: list[str], flag: str = "--set") -> None:
+    """Every override key must be a setting of at least one of ``models`` (a typo would do nothing)."""
+    import dataclasses
+
+    from cmcrec.models.registry import get_model
+
+    fields = set()
+    for m in models:
+        try:
+            fields |= {f.name for f in dataclasses.fields(get_model(m).config_cls)}
+        except ConfigError:  # not a registry model (the blog's popularity scorer): no settings
+            continue
+    for key in overrides:
+        if key not in fields:
+            raise ConfigError(f"{flag}: no model among {', '.join(models)} has a setting {key!r}")
+
+
 @bench_app.command("accuracy")
 def accuracy(
     datasets: Annotated[str, typer.Option("--datasets", help="Comma-separated dataset names.")] = (
@@ -66,6 +83,14 @@ def accuracy(
         Path | None,
         typer.Option("--models-dir", help="Save trained models here; reuse ones trained with the same config."),
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Config override KEY=VALUE for the models that have KEY (repeatable); recorded with each run "
+            "and shown in its row's model label, e.g. --set ema_decay=0.999.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated rows as one JSON object.")] = False,
 ) -> None:
     """Test RMSE (mean ± std over seeds) of each model on each dataset's standard split."""
@@ -82,6 +107,8 @@ def accuracy(
         get_model(m)
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    extra = _overrides(set_)
+    _check_overrides(extra, ms)
     payload = run_accuracy(
         ds,
         ms,
@@ -93,6 +120,7 @@ def accuracy(
         device=device,
         num_workers=num_workers,
         models_dir=models_dir,
+        overrides=extra or None,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     if as_json:
@@ -361,6 +389,7 @@ def blog(
     ms = _check_models(models, allowed_extra=(POPULARITY,))
     seed_list = _ints(seeds, "--seeds")
     extra = _overrides(set_)
+    _check_overrides(extra, ms)
     _check_common(dataset, preset, epochs, max_train_ratings, candidates)
     _check_split_name(dataset, split)
     _check_device(device)
