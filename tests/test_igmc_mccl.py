@@ -318,27 +318,3 @@ def test_linear_output_is_affine_and_clamped_outside_training(kind):
     loss.backward()
     with pytest.raises(ConfigError, match="output"):
         IGMCConfig(output="tanh")
-
-
-def test_mccl_view2_rows_path_equals_full_encoder():
-    """Training view 2 runs its last layer on the sampled rows only; the terms must equal those
-    from the full encoder output with the same random draws."""
-    from cmcrec.models.layers import RelationalGraph
-    from cmcrec.models.mccl import variational_terms
-
-    model = build("view2", recon_edges=2, kl_nodes=3)
-    model.train()
-    batch = make_batch(GRAPHS)
-    n = batch.num_nodes
-    targets = torch.cat([batch.user_pos, batch.item_pos])
-    torch.manual_seed(7)
-    out = model(batch)
-    assert 2 * batch.num_targets + 2 * 2 + 3 < n  # the rows path is the one taken
-    torch.manual_seed(7)
-    x = torch.nn.functional.one_hot(batch.node_label, model.num_labels).float()
-    full = RelationalGraph.build(batch.edge_index, batch.edge_type, n, model.num_relations, paired=True)
-    g2 = full.dropout_undirected(model.config.edge_dropout)
-    h2 = model.view2(x, batch.edge_index, batch.edge_type, g2)  # (N, L*C): every node
-    _, kl, recon = variational_terms(model.gauss, h2, targets, batch.edge_index, batch.edge_value, 2, 3)
-    torch.testing.assert_close(out.extras["kl"], kl)
-    torch.testing.assert_close(out.extras["recon"], recon)

@@ -16,7 +16,7 @@ from cmcrec.models.base import ModelOutput, RatingModel
 from cmcrec.models.configs import MCCLConfig
 from cmcrec.models.layers import RelationalGraph, RGCNStack, info_nce, mlp_head
 
-__all__ = ["MCCL", "variational_from_rows", "variational_rows", "variational_terms"]
+__all__ = ["MCCL", "variational_terms"]
 
 # exp(10) is already a huge standard deviation; the clamp only stops overflow early in training.
 _MAX_LOGSTD = 10.0
@@ -56,52 +56,6 @@ def _uniform_sample(size: int, count: int | None, device, generator: torch.Gener
     return torch.randint(size, (count,), generator=generator, device=device)
 
 
-def variational_rows(
-    num_nodes: int,
-    targets: torch.Tensor,
-    edge_index: torch.Tensor,
-    edge_value: torch.Tensor,
-    recon_edges: int | None,
-    kl_nodes: int | None,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The node rows view 2's training terms read, and the sampled ratings' values.
-
-    Returns:
-        ``(rows, value)``: int64 ``(T + 2R + K,)`` ``[targets, src, dst, kl_rows]``
-        (see :func:`variational_terms` for the samples) and ``(R,)`` the values of
-        the ``R`` ratings ``(src, dst)``.
-    """
-    half = edge_index.shape[1] // 2
-    src, dst, value = edge_index[0, :half], edge_index[1, :half], edge_value[:half]
-    pick = _uniform_sample(half, recon_edges, targets.device, generator)
-    if pick is not None:
-        src, dst, value = src.index_select(0, pick), dst.index_select(0, pick), value.index_select(0, pick)
-    kl_rows = _uniform_sample(num_nodes, kl_nodes, targets.device, generator)
-    if kl_rows is None:
-        kl_rows = torch.arange(num_nodes, device=targets.device)
-    return torch.cat([targets, src, dst, kl_rows]), value
-
-
-def variational_from_rows(
-    mu: torch.Tensor,
-    logstd: torch.Tensor,
-    num_targets: int,
-    value: torch.Tensor,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`variational_terms` from ``(μ, log σ)`` of the rows of :func:`variational_rows`."""
-    std = logstd.exp()
-    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    t, r = num_targets, value.numel()
-    z = mu[: t + 2 * r] + noise[: t + 2 * r] * std[: t + 2 * r]
-    dot = (z[t : t + r] * z[t + r :]).sum(-1)  # (R,)
-    recon = F.mse_loss(torch.sigmoid(dot), value.to(dot.dtype))
-    m, ls, sd = mu[t + 2 * r :], logstd[t + 2 * r :], std[t + 2 * r :]
-    kl = -0.5 * (1 + 2 * ls - m.pow(2) - sd * sd).sum(-1).mean()
-    return z[:t], kl, recon
-
-
 def variational_terms(
     gauss: GaussianProjection,
     h: torch.Tensor,
@@ -125,21 +79,37 @@ def variational_terms(
       value), or over ``recon_edges`` ratings drawn uniformly with replacement.
 
     The Gaussian projection runs only on the rows these terms read (targets,
-    the sampled ratings' endpoints, the sampled nodes; :func:`variational_rows`)
-    when they are fewer than ``N``; otherwise on every node once, read by index.
-    Every row draws its own ``ε``: a node read twice gets two independent
-    samples, which leaves each term's expectation unchanged.
+    the sampled ratings' endpoints, the sampled nodes) when they are fewer than
+    ``N``; otherwise on every node once, read by index. Every row draws its own
+    ``ε``: a node read twice gets two independent samples, which leaves each
+    term's expectation unchanged.
 
     Returns:
         ``(z_targets (T, D), kl, recon)``.
     """
     n = h.shape[0]
-    rows, value = variational_rows(n, targets, edge_index, edge_value, recon_edges, kl_nodes, generator)
+    half = edge_index.shape[1] // 2
+    src, dst, value = edge_index[0, :half], edge_index[1, :half], edge_value[:half]
+    pick = _uniform_sample(half, recon_edges, h.device, generator)
+    if pick is not None:
+        src, dst, value = src.index_select(0, pick), dst.index_select(0, pick), value.index_select(0, pick)
+    kl_rows = _uniform_sample(n, kl_nodes, h.device, generator)
+    if kl_rows is None:
+        kl_rows = torch.arange(n, device=h.device)
+    rows = torch.cat([targets, src, dst, kl_rows])
     if rows.numel() < n:
         mu, logstd = gauss(h.index_select(0, rows))  # (M, D) each
     else:
         mu, logstd = (t.index_select(0, rows) for t in gauss(h))
-    return variational_from_rows(mu, logstd, targets.numel(), value, generator)
+    std = logstd.exp()
+    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    t, r = targets.numel(), src.numel()
+    z = mu[: t + 2 * r] + noise[: t + 2 * r] * std[: t + 2 * r]
+    dot = (z[t : t + r] * z[t + r :]).sum(-1)  # (R,)
+    recon = F.mse_loss(torch.sigmoid(dot), value.to(dot.dtype))
+    m, ls, sd = mu[t + 2 * r :], logstd[t + 2 * r :], std[t + 2 * r :]
+    kl = -0.5 * (1 + 2 * ls - m.pow(2) - sd * sd).sum(-1).mean()
+    return z[:t], kl, recon
 
 
 class MCCL(RatingModel):
@@ -185,10 +155,7 @@ class MCCL(RatingModel):
     Speed (CPU): both views share one sorted :class:`RelationalGraph`; view
     2's edge dropout zeroes operator values instead of re-sorting
     (:meth:`RelationalGraph.dropout_undirected`); view 1's last layer is
-    computed for the target nodes only (the only rows its readout reads), and
-    view 2's for the rows its terms read (the targets, the sampled ratings'
-    endpoints and the sampled nodes; :func:`variational_rows`) when those are
-    fewer than the batch's nodes. The
+    computed for the target nodes only (the only rows its readout reads). The
     batch must use the :func:`~cmcrec.graph.subgraph.extract_subgraphs` edge
     layout (edge ``e + E/2`` is edge ``e`` reversed).
 
@@ -264,13 +231,10 @@ class MCCL(RatingModel):
         if self.view2 is not None:
             if self.training:
                 g2 = full.dropout_undirected(c.edge_dropout) if c.edge_dropout > 0 else full
-                rows, value = variational_rows(n, targets, edge_index, batch.edge_value, c.recon_edges, c.kl_nodes)
-                if rows.numel() < n:
-                    # The terms read these rows alone: the last layer and the projection run on them.
-                    mu, logstd = self.gauss(self.view2(x, edge_index, edge_type, g2, nodes=rows))
-                else:
-                    mu, logstd = (t.index_select(0, rows) for t in self.gauss(self.view2(x, edge_index, edge_type, g2)))
-                z, extras["kl"], extras["recon"] = variational_from_rows(mu, logstd, 2 * b, value)
+                h2 = self.view2(x, edge_index, edge_type, g2)  # (N, L*C)
+                z, extras["kl"], extras["recon"] = variational_terms(
+                    self.gauss, h2, targets, edge_index, batch.edge_value, c.recon_edges, c.kl_nodes
+                )
                 r2 = torch.cat([z[:b], z[b:]], dim=-1)  # (B, 2*D)
             else:
                 # z = μ, and only the targets' μ is read: the last layer and the projection run on them alone.
