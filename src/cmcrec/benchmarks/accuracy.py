@@ -179,12 +179,13 @@ def _payload(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    w = max([10, *(len(r["model"]) for r in rows)])  # labels with --set overrides are longer
     lines = [
-        f"{'dataset':<12} {'model':<10} {'preset':<7} {'RMSE mean ± std':<18} {'seeds':<9} {'epochs':>6} {'s/run':>7}"
+        f"{'dataset':<12} {'model':<{w}} {'preset':<7} {'RMSE mean ± std':<18} {'seeds':<9} {'epochs':>6} {'s/run':>7}"
     ]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["rmse_mean"])):
         lines.append(
-            f"{r['dataset']:<12} {r['model']:<10} {str(r['preset']):<7} "
+            f"{r['dataset']:<12} {r['model']:<{w}} {str(r['preset']):<7} "
             f"{r['rmse_mean']:.4f} ± {r['rmse_std']:.4f}    {len(r['seeds']):<9} {r['epochs']:>6} "
             f"{r['train_seconds_mean']:>7.0f}"
         )
