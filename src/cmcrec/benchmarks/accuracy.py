@@ -22,6 +22,7 @@ from cmcrec.benchmarks.common import (
     fit_or_load,
     load_results,
     machine,
+    model_key,
     model_label,
     now,
     write_results,
@@ -121,9 +122,8 @@ def run_accuracy(
                     continue
                 t0 = time.perf_counter()
                 context = RunContext(device=device, seed=seed, num_workers=num_workers, progress=False)
-                rec = fit_or_load(
-                    model, split.train, config, context, models_dir, f"{split.name.replace('/', '-')}-{model}-s{seed}"
-                )
+                key = model_key(split.name, model, applied, seed)
+                rec = fit_or_load(model, split.train, config, context, models_dir, key)
                 pred = rec.predict_indices(split.test.user, split.test.item, num_workers=num_workers)
                 run = {
                     "dataset": dataset,

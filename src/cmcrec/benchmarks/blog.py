@@ -32,6 +32,7 @@ from cmcrec.benchmarks.common import (
     fit_or_load,
     load_results,
     machine,
+    model_key,
     model_label,
     now,
     write_results,
@@ -203,9 +204,8 @@ def run_blog(
                 run |= {"candidates": "all", "config": None}
             else:
                 context = RunContext(device=device, seed=seed, num_workers=num_workers, progress=False)
-                tag = "".join(f"-{k}{v}" for k, v in sorted(applied.items()))
                 rec = fit_or_load(
-                    model, train, config, context, models_dir, f"{split.name.replace('/', '-')}-{model}{tag}-s{seed}"
+                    model, train, config, context, models_dir, model_key(split.name, model, applied, seed)
                 )
                 ranker = _RecordingRanker(RecommenderRanker(rec, candidates))
                 accuracy = dict(evaluate_ratings(rec.predict_indices(test.user, test.item), test))

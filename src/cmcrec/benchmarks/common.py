@@ -86,3 +86,9 @@ def model_label(run: dict[str, Any]) -> str:
     if not overrides:
         return run["model"]
     return f"{run['model']} ({', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))})"
+
+
+def model_key(split_name: str, model: str, overrides: dict[str, Any] | None, seed: int) -> str:
+    """The ``--models-dir`` name of a trained model: split, model, ``--set`` overrides, seed."""
+    tag = "".join(f"-{k}{v}" for k, v in sorted((overrides or {}).items()))
+    return f"{split_name.replace('/', '-')}-{model}{tag}-s{seed}"

@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
+from cmcrec.benchmarks.common import model_label
 from cmcrec.errors import DataError
 
 __all__ = [
@@ -504,7 +505,9 @@ def training_curve_rows(src: ResultFile) -> list[dict[str, Any]]:
         add(p["history"], p.get("model", default_model), p.get("dataset"), p.get("seed"), "top level")
     for i, run in enumerate(p.get("runs", []) if isinstance(p.get("runs"), list) else []):
         if isinstance(run, dict) and "history" in run:
-            add(run["history"], run.get("model", default_model), run.get("dataset"), run.get("seed"), f"run {i}")
+            # A run trained with --set overrides is its own curve (model_label), not merged with the plain one.
+            label = model_label(run) if "model" in run else default_model
+            add(run["history"], label, run.get("dataset"), run.get("seed"), f"run {i}")
     epoch_rows = [(i, r) for i, r in enumerate(src.rows) if "epoch" in r]
     if epoch_rows and not any("history" in r for r in src.rows):
         src.require(epoch_rows, ("epoch",))

@@ -31,7 +31,7 @@ def average_decay(decay: float, updates: int) -> float:
 class WeightAverage:
     """``avg ← d · avg + (1 − d) · w`` over a module's floating-point parameters after every step.
 
-    Buffers (none in the built-in models) are copied, not averaged.
+    Buffers are not averaged: the module's own (live) buffers are used.
 
     Args:
         module: the module being trained (under DDP, the unwrapped one).
