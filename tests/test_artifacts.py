@@ -112,19 +112,33 @@ def test_missing_directory(tmp_path):
         Recommender.load(tmp_path / "nope")
 
 
-def test_models_saved_before_a_behaviour_changing_field_load_as_they_were_trained(tmp_path):
-    """MCCL's ``scorer_edges`` defaults to "rating" now; a saved config without it
-    was trained with per-direction scores and must load as "directed"."""
+@pytest.mark.parametrize("model", ["mccl", "igmc"])
+def test_models_saved_before_a_behaviour_changing_field_load_as_they_were_trained(tmp_path, model):
+    """MCCL's ``scorer_edges`` defaults to "rating" now and both models' ``mean_over``
+    to "node"; a saved config without them was trained with per-direction scores
+    and means per relation, and must load as "directed" and "relation"."""
     split = low_rank_split(seed=4)
-    tiny = {"epochs": 1, "hidden_channels": 4, "num_layers": 2, "num_bases": 2, "latent_channels": 4}
-    rec = Recommender.fit("mccl", split.train, {**tiny, "scorer_hidden": 3, "scorer_edges": "directed"})
+    tiny = {"epochs": 1, "hidden_channels": 4, "num_layers": 2, "num_bases": 2, "mean_over": "relation"}
+    if model == "mccl":
+        tiny.update(latent_channels=4, scorer_hidden=3, scorer_edges="directed")
+    rec = Recommender.fit(model, split.train, tiny)
     path = rec.save(tmp_path / "model")
     m = json.loads((path / "manifest.json").read_text())
-    del m["config"]["scorer_edges"]
+    for field in ("scorer_edges", "mean_over"):
+        m["config"].pop(field, None)
     (path / "manifest.json").write_text(json.dumps(m))
     loaded = Recommender.load(path)
-    assert loaded.config.scorer_edges == "directed"
+    assert loaded.config.mean_over == "relation"
+    if model == "mccl":
+        assert loaded.config.scorer_edges == "directed"
     users, items = split.test.user[:20], split.test.item[:20]
-    np.testing.assert_allclose(loaded.predict_indices(users, items), rec.predict_indices(users, items), rtol=1e-6)
-    # A config written by hand (not a saved model) gets today's default.
-    assert type(loaded.config).from_dict({}).scorer_edges == "rating"
+    expected = rec.predict_indices(users, items)
+    np.testing.assert_allclose(loaded.predict_indices(users, items), expected, rtol=1e-6)
+    # The field changes predictions (so the test above can tell the two apart) ...
+    rec.module.config = rec.module.config.replace(mean_over="node")
+    assert not np.allclose(rec.predict_indices(users, items), expected, rtol=1e-4)
+    # ... and a config written by hand (not a saved model) gets today's defaults.
+    fresh = type(loaded.config).from_dict({})
+    assert fresh.mean_over == "node"
+    if model == "mccl":
+        assert fresh.scorer_edges == "rating"

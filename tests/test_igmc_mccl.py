@@ -178,6 +178,8 @@ def test_config_round_trip(cls):
         (MCCLConfig, "lambda_cl", -0.1),
         (MCCLConfig, "latent_channels", 0),
         (MCCLConfig, "dropout", 1.5),
+        (IGMCConfig, "mean_over", "edge"),
+        (MCCLConfig, "mean_over", "sum"),
     ],
 )
 def test_config_validation_names_field_and_value(cls, field, value):
@@ -297,7 +299,8 @@ def test_eval_view2_on_targets_equals_full_computation(kind):
     model = build(kind).eval()
     with torch.no_grad():
         x = torch.nn.functional.one_hot(batch.node_label, 4).float()
-        g = RelationalGraph.build(batch.edge_index, batch.edge_type, batch.num_nodes, R, paired=True)
+        n, mean_over = batch.num_nodes, model.config.mean_over
+        g = RelationalGraph.build(batch.edge_index, batch.edge_type, n, R, paired=True, mean_over=mean_over)
         mu = model.gauss.mu(model.view2(x, batch.edge_index, batch.edge_type, g))  # all nodes
         r2 = torch.cat([mu[batch.user_pos], mu[batch.item_pos]], dim=-1)
         expected = model.to_scale(model.head2(r2).squeeze(-1))

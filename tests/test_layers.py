@@ -61,6 +61,32 @@ def test_rgcn_hand_example_mean_per_relation_and_edge_weight():
     torch.testing.assert_close(out[0], torch.tensor([11.0 + 2 + 1, 12.0 - 1]))
 
 
+def test_rgcn_hand_example_mean_over_all_of_a_nodes_edges():
+    # The graph above with mean_over="node": node 0 divides every message by its 3 edges.
+    x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 4.0], [1.0, 1.0], [0.0, 0.0]])
+    edge_index = torch.tensor([[1, 2, 3, 0], [0, 0, 0, 4]])
+    edge_type = torch.tensor([0, 0, 1, 1])
+    conv = RGCNConv(2, 2, num_relations=2, num_bases=1)
+    _set_identity(conv, [1.0, 10.0])
+    graph = RelationalGraph.build(edge_index, edge_type, 5, 2, mean_over="node")
+    out = conv(x, edge_index, edge_type, graph=graph)
+    # node 0: (x1 + x2 + 10 * x3) / 3 = ((2, 4) + (10, 10)) / 3; node 4: 10 * x0 / 1.
+    expected = torch.tensor([[4.0, 14.0 / 3], [0, 0], [0, 0], [0, 0], [10.0, 0.0]])
+    torch.testing.assert_close(out, expected)
+    # Two nodes with the same levels in different shares now differ; per relation they would not.
+    edge_index = torch.tensor([[1, 2, 3, 1, 2, 3], [0, 0, 0, 4, 4, 4]])
+    edge_type = torch.tensor([0, 0, 1, 0, 1, 1])
+    ones = torch.ones(5, 2)
+    graph = RelationalGraph.build(edge_index, edge_type, 5, 2, mean_over="node")
+    by_node = conv(ones, edge_index, edge_type, graph=graph)
+    by_relation = conv(ones, edge_index, edge_type)
+    torch.testing.assert_close(by_relation[0], by_relation[4])
+    torch.testing.assert_close(by_node[0], torch.tensor([4.0, 4.0]))  # (1 + 1 + 10) / 3
+    torch.testing.assert_close(by_node[4], torch.tensor([7.0, 7.0]))  # (1 + 10 + 10) / 3
+    with pytest.raises(ValueError, match="mean_over"):
+        RelationalGraph.build(edge_index, edge_type, 5, 2, mean_over="sum")
+
+
 def test_basis_decomposition_relation_weight():
     conv = RGCNConv(3, 2, num_relations=4, num_bases=2)
     w = conv.relation_weight()
@@ -69,7 +95,7 @@ def test_basis_decomposition_relation_weight():
     assert repr(conv) == "RGCNConv(3, 2, num_relations=4, num_bases=2)"
 
 
-def _slow_rgcn(conv: RGCNConv, x, edge_index, edge_type, edge_weight):
+def _slow_rgcn(conv: RGCNConv, x, edge_index, edge_type, edge_weight, mean_over="relation"):
     """Oracle: a loop over relations and edges, straight from the formula."""
     n = x.shape[0]
     w = conv.relation_weight()
@@ -81,12 +107,14 @@ def _slow_rgcn(conv: RGCNConv, x, edge_index, edge_type, edge_weight):
             if not sel:
                 continue
             msg = sum(edge_weight[e] * (x[edge_index[0, e]] @ w[r]) for e in sel)
-            rows[i] = rows[i] + msg / len(sel)
+            count = len(sel) if mean_over == "relation" else int((edge_index[1] == i).sum())
+            rows[i] = rows[i] + msg / count
     return torch.stack(rows)
 
 
+@pytest.mark.parametrize("mean_over", ["relation", "node"])
 @pytest.mark.parametrize("n", [12, 30_000])  # 30,000 * 3 slots > 2**16: the int32 sort path, else int16
-def test_rgcn_matches_slow_loop_on_random_graph(n):
+def test_rgcn_matches_slow_loop_on_random_graph(n, mean_over):
     g = torch.Generator().manual_seed(0)
     r, e = 3, 50
     edge_index = torch.randint(0, n, (2, e), generator=g)
@@ -94,9 +122,12 @@ def test_rgcn_matches_slow_loop_on_random_graph(n):
     x = torch.randn(n, 4, generator=g, dtype=torch.float64)
     w = torch.rand(e, generator=g, dtype=torch.float64)
     conv = RGCNConv(4, 3, r, 2).double()
-    torch.testing.assert_close(conv(x, edge_index, edge_type, w), _slow_rgcn(conv, x, edge_index, edge_type, w))
+    graph = RelationalGraph.build(edge_index, edge_type, n, r, mean_over=mean_over)
+    slow = _slow_rgcn(conv, x, edge_index, edge_type, w, mean_over)
+    torch.testing.assert_close(conv(x, edge_index, edge_type, w, graph=graph), slow)
     ones = torch.ones(e, dtype=torch.float64)
-    torch.testing.assert_close(conv(x, edge_index, edge_type), _slow_rgcn(conv, x, edge_index, edge_type, ones))
+    slow = _slow_rgcn(conv, x, edge_index, edge_type, ones, mean_over)
+    torch.testing.assert_close(conv(x, edge_index, edge_type, graph=graph), slow)
 
 
 def test_sparse_product_never_reads_its_output_buffer():
@@ -240,6 +271,9 @@ def test_build_operators_against_their_definitions(paired):
     counts = torch.bincount(key, minlength=n * r)
     assert g.key_crow.tolist() == [0, *torch.cumsum(counts, 0).tolist()]
     assert torch.equal(g.norm_sorted, 1.0 / counts[key[order]].float())
+    degree = torch.bincount(dst, minlength=n)
+    by_node = RelationalGraph.build(edge_index, edge_type, n, r, paired=paired, mean_over="node")
+    assert torch.equal(by_node.norm_sorted, 1.0 / degree[dst[order]].float())
     # A^T: nonzeros grouped by source, each naming its key and the key-order position it mirrors.
     by_src = g.src_perm.tolist()
     assert sorted(by_src) == list(range(70)) and src[by_src].tolist() == sorted(src.tolist())
@@ -250,10 +284,11 @@ def test_build_operators_against_their_definitions(paired):
         assert g.key_half.tolist() == [e % 35 for e in order]
 
 
-def test_dropout_on_values_equals_removing_the_edges():
+@pytest.mark.parametrize("mean_over", ["relation", "node"])
+def test_dropout_on_values_equals_removing_the_edges(mean_over):
     n, r = 10, 3
     edge_index, edge_type = _paired_graph(n, r, 30, 1)
-    graph = RelationalGraph.build(edge_index, edge_type, n, r, paired=True)
+    graph = RelationalGraph.build(edge_index, edge_type, n, r, paired=True, mean_over=mean_over)
     dropped = graph.dropout_undirected(0.4, generator=torch.Generator().manual_seed(5))
     kept_sorted = dropped.norm_sorted > 0
     kept = torch.zeros(60, dtype=torch.bool).index_put((graph.key_perm,), kept_sorted)
@@ -262,7 +297,8 @@ def test_dropout_on_values_equals_removing_the_edges():
     conv = RGCNConv(4, 3, r, 2).double()
     x = torch.randn(n, 4, dtype=torch.float64)
     value = dropped.norm_sorted.double()
-    removed = conv(x, edge_index[:, kept], edge_type[kept])
+    kept_graph = RelationalGraph.build(edge_index[:, kept], edge_type[kept], n, r, mean_over=mean_over)
+    removed = conv(x, edge_index[:, kept], edge_type[kept], graph=kept_graph)
     torch.testing.assert_close(conv.propagate(x, value, dropped), removed)
 
 

@@ -64,6 +64,13 @@ class SubgraphModelConfig(TrainConfig):
             (squashed into the range; MCCL's head, DESIGN §1) or ``"linear"``
             (IGMC's head: affine, clamped into the range outside training).
             See :meth:`~cmcrec.models.base.RatingModel.to_scale`.
+        mean_over: how each R-GCN layer averages a node's incoming messages.
+            ``"node"`` (default): over all its ratings, ``Σ_r Σ_{j ∈ N_r(i)} W_r h_j / |N(i)|``
+            (PyG 1.4's ``RGCNConv``, which IGMC's published results used): a
+            node sees the share of each rating level. ``"relation"``: per rating
+            level, then summed over levels (PyG >= 2's ``RGCNConv``; what models
+            saved before this field existed used): a node sees which levels it
+            has but not how many of each.
     """
 
     hidden_channels: int = 32
@@ -79,11 +86,15 @@ class SubgraphModelConfig(TrainConfig):
     rank_negatives: int = 3
     rank_threshold: float | None = None
     rank_tau: float = 0.1
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"mean_over": "relation"}
+
     output: str = "sigmoid"
+    mean_over: str = "node"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.output in ("sigmoid", "linear"), "output", self.output, "'sigmoid' or 'linear'")
+        _require(self.mean_over in ("relation", "node"), "mean_over", self.mean_over, "'relation' or 'node'")
         _require(self.hidden_channels >= 1, "hidden_channels", self.hidden_channels, ">= 1")
         _require(self.num_layers >= 1, "num_layers", self.num_layers, ">= 1")
         _require(self.num_bases >= 1, "num_bases", self.num_bases, ">= 1")
@@ -176,7 +187,7 @@ class MCCLConfig(SubgraphModelConfig):
             runs on about a third of a batch's nodes at IGMC's settings).
     """
 
-    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"scorer_edges": "directed"}
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {**SubgraphModelConfig.SAVED_BEFORE, "scorer_edges": "directed"}
 
     tau: float = 0.5
     lambda_cl: float = 0.001

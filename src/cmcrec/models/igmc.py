@@ -72,7 +72,9 @@ class IGMC(RatingModel):
 
     def forward(self, batch: SubgraphBatch) -> ModelOutput:
         edge_index, edge_type = batch.edge_index, batch.edge_type
-        graph = RelationalGraph.build(edge_index, edge_type, batch.num_nodes, self.num_relations, paired=True)
+        graph = RelationalGraph.build(
+            edge_index, edge_type, batch.num_nodes, self.num_relations, paired=True, mean_over=self.config.mean_over
+        )
         if self.training and self.config.edge_dropout > 0:
             graph = graph.dropout_undirected(self.config.edge_dropout)
         x = F.one_hot(batch.node_label, self.num_labels).to(torch.float32)  # (N, L)

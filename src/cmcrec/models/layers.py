@@ -245,10 +245,12 @@ class RelationalGraph:
             (its columns are ``key_perm``).
         t_perm: ``(E,)`` key-order position of each nonzero of ``A^T`` (of each :attr:`src_perm` edge).
         key_sorted: ``(E,)`` ``key`` in key order.
-        norm_sorted: float32 ``(E,)`` ``1 / |N_r(dst)|``, the mean-per-relation factor, in key
-            order (:attr:`norm` is the same in edge order); zero for edges dropped by
+        norm_sorted: float32 ``(E,)`` the mean's factor in key order (:attr:`norm` is the
+            same in edge order): ``1 / |N_r(dst)|`` (mean per relation) or ``1 / |N(dst)|``
+            (mean over all relations, see :meth:`build`); zero for edges dropped by
             :meth:`dropout_undirected`.
         paired: edge ``e + E/2`` is edge ``e`` reversed (see :meth:`build`).
+        mean_over: ``"relation"`` or ``"node"``, what :attr:`norm_sorted` averages over.
 
     Index tensors other than ``src``, ``dst`` and ``key_perm`` are int32 when
     every index fits (int64 otherwise): half the memory traffic of int64, and
@@ -269,6 +271,7 @@ class RelationalGraph:
     key_sorted: torch.Tensor
     norm_sorted: torch.Tensor
     paired: bool = False
+    mean_over: str = "relation"
     # Structure-only derived tensors (see :meth:`scorer_rows`, :attr:`src_perm`, ...), built on first
     # use. :meth:`dropout_undirected` changes operator values, never structure, so the graphs it
     # returns share this cache.
@@ -283,6 +286,7 @@ class RelationalGraph:
         num_relations: int,
         *,
         paired: bool = False,
+        mean_over: str = "relation",
     ) -> RelationalGraph:
         """Sort the edges of a typed graph into the operators the layers use.
 
@@ -297,7 +301,15 @@ class RelationalGraph:
                 transpose then follows from the key sort without a second sort,
                 and :meth:`dropout_undirected` is available. Checked; a
                 ``ValueError`` says when the edges are not laid out so.
+            mean_over: how messages are averaged. ``"relation"``: over each
+                (node, relation) slot, ``Σ_r mean_{j ∈ N_r(i)}`` (PyG >= 2's
+                ``RGCNConv``); a node's count of each rating level is lost.
+                ``"node"``: over all of the node's edges, ``Σ_r Σ_{j ∈ N_r(i)} / |N(i)|``
+                (PyG 1.4's ``RGCNConv``, the one IGMC's published results used);
+                the first layer then sees the share of each rating level.
         """
+        if mean_over not in ("relation", "node"):
+            raise ValueError(f"mean_over must be 'relation' or 'node', got {mean_over!r}")
         src, dst = edge_index[0], edge_index[1]
         num_edges = int(src.numel())
         slots = num_nodes * num_relations
@@ -330,8 +342,13 @@ class RelationalGraph:
         else:
             t_perm = torch.sort(key_col, stable=True).indices.to(idx)
             src_counts = torch.bincount(src, minlength=num_nodes)
-        # 1 / |N_r(dst)| per slot, then read per edge (a gather of E floats, no E-long division).
-        norm_sorted = key_counts.to(torch.float32).clamp_(min=1).reciprocal_().index_select(0, key_sorted)
+        # 1 / |N_r(dst)| per slot (or 1 / |N(dst)| per node), then read per edge (a gather of E floats,
+        # no E-long division).
+        if mean_over == "relation":
+            norm_sorted = key_counts.to(torch.float32).clamp_(min=1).reciprocal_().index_select(0, key_sorted)
+        else:
+            per_node = dst_counts.to(torch.float32).clamp_(min=1).reciprocal_()
+            norm_sorted = per_node.repeat_interleave(dst_counts, output_size=num_edges)
         return cls(
             num_nodes=num_nodes,
             num_relations=num_relations,
@@ -347,6 +364,7 @@ class RelationalGraph:
             key_sorted=key_sorted,
             norm_sorted=norm_sorted,
             paired=paired,
+            mean_over=mean_over,
             _cache={"key_position": position} if paired else {},
         )
 
@@ -398,15 +416,15 @@ class RelationalGraph:
 
     @property
     def norm(self) -> torch.Tensor:
-        """float32 ``(E,)`` ``1 / |N_r(dst)|`` in the caller's edge order (``norm_sorted`` unsorted)."""
+        """float32 ``(E,)`` :attr:`norm_sorted` in the caller's edge order."""
         return torch.empty_like(self.norm_sorted).index_put_((self.key_perm,), self.norm_sorted)
 
     def dropout_undirected(self, p: float, generator: torch.Generator | None = None) -> RelationalGraph:
         """The same graph with each undirected edge (both directions together) dropped with probability ``p``.
 
         Dropping is done on the operator values, without re-sorting: a dropped
-        edge's value becomes 0 and the mean-per-relation counts ``|N_r(i)|``
-        are recounted over the kept edges, which is exactly the operator of the
+        edge's value becomes 0 and the counts the mean divides by (``|N_r(i)|``
+        or ``|N(i)|``) are recounted over the kept edges, which is exactly the operator of the
         graph with the dropped edges removed. Needs a ``paired`` graph.
 
         Args:
@@ -421,9 +439,15 @@ class RelationalGraph:
         # Kept edges per slot: key order is slot order, so a running count read at the row pointers.
         running = self.key_crow.new_zeros(self.num_edges + 1)
         torch.cumsum(keep_sorted, 0, out=running[1:])
-        at = running.index_select(0, self.key_crow)
-        counts = (at[1:] - at[:-1]).clamp_(min=1)
-        norm_sorted = counts.to(torch.float32).reciprocal_().index_select(0, self.key_sorted).mul_(keep_sorted)
+        if self.mean_over == "relation":
+            at = running.index_select(0, self.key_crow)
+            counts = (at[1:] - at[:-1]).clamp_(min=1)
+            norm_sorted = counts.to(torch.float32).reciprocal_().index_select(0, self.key_sorted)
+        else:  # key order is sorted by destination too: the same read at the nodes' row pointers
+            at = running.index_select(0, self.dst_crow)
+            counts = (at[1:] - at[:-1]).clamp_(min=1)
+            norm_sorted = counts.to(torch.float32).reciprocal_().index_select(0, self.dst_sorted)
+        norm_sorted.mul_(keep_sorted)
         return replace(self, norm_sorted=norm_sorted)
 
     def scorer_rows(self, per_rating: bool) -> ScorerRows:
@@ -607,7 +631,10 @@ class RGCNConv(nn.Module):
 
     ``|N_r(i)|`` counts the in-edges of node ``i`` of relation ``r`` (edge weights
     do not enter the count, so a weight scales its message rather than being
-    normalised away); ``w_{ji} = 1`` when no edge weights are given.
+    normalised away); ``w_{ji} = 1`` when no edge weights are given. That is the
+    graph this layer builds for itself; a :class:`RelationalGraph` built with
+    ``mean_over="node"`` and passed in as ``graph`` divides by ``|N(i)|``, all of
+    ``i``'s in-edges, instead.
 
     Args:
         in_channels: input width ``C_in``.

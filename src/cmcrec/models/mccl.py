@@ -216,7 +216,7 @@ class MCCL(RatingModel):
         user, item = batch.user_pos, batch.item_pos
         edge_index, edge_type = batch.edge_index, batch.edge_type
         x = F.one_hot(batch.node_label, self.num_labels).to(torch.float32)  # (N, labels)
-        full = RelationalGraph.build(edge_index, edge_type, n, self.num_relations, paired=True)
+        full = RelationalGraph.build(edge_index, edge_type, n, self.num_relations, paired=True, mean_over=c.mean_over)
         extras: dict[str, torch.Tensor] = {}
         reps = []
         logits = []
