@@ -206,6 +206,12 @@ def test_blog_set_overrides_make_a_labelled_variant(split, tmp_path):
         "synthetic-igmc-s0",
         "synthetic-mf-s0",
     ]
+    # Overrides are recorded as the config took them: 1 for a float field is 1.0, the same run as 1.0.
+    payload = blog.run_blog(split, ["igmc"], [0], out, overrides={"rank_weight": 1}, **kw)
+    recorded = [r["overrides"] for r in payload["runs"] if r["overrides"].get("rank_weight") == 1]
+    assert recorded == [{"rank_weight": 1.0}] and isinstance(recorded[0]["rank_weight"], float)
+    n = len(payload["runs"])
+    assert len(blog.run_blog(split, ["igmc"], [0], out, overrides={"rank_weight": 1.0}, **kw)["runs"]) == n
 
 
 def test_overrides_flag_parses_json_values():

@@ -114,8 +114,9 @@ def run_accuracy(
         split = load_split(dataset, None, data_dir=data_dir)
         for model in models:
             config = model_config(model, preset, epochs, overrides)
-            # The overrides this model's config took (model_config ignores keys it lacks).
-            applied = {k: v for k, v in (overrides or {}).items() if hasattr(config, k)}
+            # The overrides this model's config took (model_config ignores keys it lacks), with the
+            # values the config ended up with: `--set epochs=3 --epochs 5` trains 5, `lr=1` is `lr=1.0`.
+            applied = {k: getattr(config, k) for k in overrides or {} if hasattr(config, k)}
             for seed in seeds:
                 key = {"dataset": dataset, "model": model, "seed": seed, "preset": preset, "overrides": applied}
                 if _key(key) in done:

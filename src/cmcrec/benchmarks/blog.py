@@ -181,8 +181,9 @@ def run_blog(
     for model in models:
         merged = {**(extra or {}), **(overrides or {})}
         config = None if model == POPULARITY else model_config(model, preset, epochs, merged)
-        # The overrides this model's config actually took (model_config ignores keys it lacks).
-        applied = {} if config is None else {k: v for k, v in (overrides or {}).items() if hasattr(config, k)}
+        # The overrides this model's config actually took (model_config ignores keys it lacks), with
+        # the values the config ended up with (see accuracy.run_accuracy).
+        applied = {} if config is None else {k: getattr(config, k) for k in overrides or {} if hasattr(config, k)}
         for seed in seeds:
             run: dict[str, Any] = {
                 "dataset": train.name.split("/")[0],
