@@ -436,18 +436,15 @@ class RelationalGraph:
         half = self.num_edges // 2
         keep_half = torch.rand(half, generator=generator, device=self.src.device) >= p
         keep_sorted = keep_half.index_select(0, self.key_half)  # (E,) both directions of a rating alike
-        # Kept edges per slot: key order is slot order, so a running count read at the row pointers.
-        running = self.key_crow.new_zeros(self.num_edges + 1)
+        # Kept edges per slot (or per node): key order is slot order and node order, so a running
+        # count read at the row pointers.
+        per_slot = self.mean_over == "relation"
+        crow, group = (self.key_crow, self.key_sorted) if per_slot else (self.dst_crow, self.dst_sorted)
+        running = crow.new_zeros(self.num_edges + 1)
         torch.cumsum(keep_sorted, 0, out=running[1:])
-        if self.mean_over == "relation":
-            at = running.index_select(0, self.key_crow)
-            counts = (at[1:] - at[:-1]).clamp_(min=1)
-            norm_sorted = counts.to(torch.float32).reciprocal_().index_select(0, self.key_sorted)
-        else:  # key order is sorted by destination too: the same read at the nodes' row pointers
-            at = running.index_select(0, self.dst_crow)
-            counts = (at[1:] - at[:-1]).clamp_(min=1)
-            norm_sorted = counts.to(torch.float32).reciprocal_().index_select(0, self.dst_sorted)
-        norm_sorted.mul_(keep_sorted)
+        at = running.index_select(0, crow)
+        counts = (at[1:] - at[:-1]).clamp_(min=1)
+        norm_sorted = counts.to(torch.float32).reciprocal_().index_select(0, group).mul_(keep_sorted)
         return replace(self, norm_sorted=norm_sorted)
 
     def scorer_rows(self, per_rating: bool) -> ScorerRows:
