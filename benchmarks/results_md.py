@@ -40,6 +40,30 @@ def _provenance(d: dict) -> str:
     return f"Command: `{cmd}` — {where}, {d.get('date', '?')}."
 
 
+def _configs(x):
+    """Every model config (a dict with ``max_nodes_per_hop``) anywhere in a results file."""
+    if isinstance(x, dict):
+        if "max_nodes_per_hop" in x:
+            yield x
+        for v in x.values():
+            yield from _configs(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _configs(v)
+
+
+def per_relation_note(d: dict) -> list[str]:
+    """A note for a study whose subgraph models predate ``mean_over`` (they averaged per relation)."""
+    if not any("mean_over" not in c for c in _configs(d)):
+        return []
+    return [
+        "Subgraph models in this study were trained before the `mean_over` option existed: their R-GCN layers "
+        "average messages per relation (`mean_over=relation`), not over a node's edges as today's default does "
+        "(see the accuracy table for the difference). Not re-run since.",
+        "",
+    ]
+
+
 def accuracy_section(d: dict) -> list[str]:
     out = ["## Accuracy (test RMSE, standard splits)", ""]
     out.append(
@@ -170,6 +194,7 @@ def main() -> None:
             "Relevant = test items rated ≥ 4; every item unrated in training is ranked (subgraph models re-rank "
             "the top `candidates` of the item-kNN generator).",
         )
+        lines += per_relation_note(d)
     tp = [
         (f, n)
         for f, n in [
@@ -264,6 +289,7 @@ def main() -> None:
             ]
         else:
             lines += table_section(title, d, cols, d.get("what", ""))
+            lines += per_relation_note(d)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     if args.readme.is_file():
@@ -287,6 +313,7 @@ def refresh_readme(readme: Path, r: Path) -> None:
             d,
             ["model", "rmse", "recall@10", "ndcg@10", "coverage@10", "avg_popularity@10", "candidates"],
         )
+        block += per_relation_note(d)
     for name, render in (("serving.json", serving_section), ("load.json", load_section)):
         if (d := _load(r / name)) is not None:
             block += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in render(d)]
