@@ -171,29 +171,47 @@ def _model_legend(fig: Figure, colors: dict[str, Any], models: Sequence[str]) ->
 
 
 def accuracy_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
-    """Test RMSE per model, one panel per dataset, bars = mean over seeds, whiskers = ± std."""
+    """Test RMSE per model, one panel per dataset: a dot per row at the mean over seeds, whiskers = ± std.
+
+    Rows are sorted best first and labelled on the axis; the RMSE axis spans the panel's values (it does
+    not start at 0, so differences of a few thousandths stay visible: the printed values carry the scale).
+    """
     rows = [(i, r) for i, r in enumerate(src.rows)]
     src.require(rows, ("dataset", "model", "rmse_mean"))
     datasets = _order(r["dataset"] for _, r in rows)
-    models = _order(str(r["model"]) for _, r in rows)
-    fig, axes = _new_figure(len(datasets), width=max(3.2, 0.9 * len(models) + 1.2))
-    for ax, ds in zip(axes[0], datasets, strict=True):
-        sel = [r for _, r in rows if r["dataset"] == ds and _num(r["rmse_mean"]) is not None]
-        labels = [r["model"] + (f" ({r['preset']})" if r.get("preset") else "") for r in sel]
-        seeds = [len(r["seeds"]) if isinstance(r.get("seeds"), list) else None for r in sel]
-        _bars(
-            ax,
-            labels,
-            [r["rmse_mean"] for r in sel],
-            [_num(r.get("rmse_std")) or 0.0 for r in sel],
-            [colors[str(r["model"])] for r in sel],
+    per_panel = max(sum(1 for _, r in rows if r["dataset"] == ds) for ds in datasets)
+    ncols = min(2, len(datasets))
+    nrows = -(-len(datasets) // ncols)
+    fig, axes = _new_figure(ncols, nrows=nrows, width=6.4, height=max(2.4, 0.28 * per_panel + 1.2))
+    for ax in axes.ravel()[len(datasets) :]:
+        ax.set_visible(False)
+    for ax, ds in zip(axes.ravel(), datasets, strict=False):
+        sel = sorted(
+            (r for _, r in rows if r["dataset"] == ds and _num(r["rmse_mean"]) is not None),
+            key=lambda r: r["rmse_mean"],
+            reverse=True,  # best at the top
         )
-        n = sorted({s for s in seeds if s})
-        ax.set_title(f"{ds}" + (f" ({'/'.join(map(str, n))} seeds)" if n else ""))
-        ax.set_ylabel("test RMSE (rating points, lower is better)")
-        ax.set_xlabel("model")
+        # Presets budget subgraph models only (rows with max_nodes_per_hop); id-based models keep their defaults.
+        labels = [
+            str(r["model"]) + (f" ({r['preset']})" if r.get("preset") and r.get("max_nodes_per_hop") else "")
+            for r in sel
+        ]
+        means = [r["rmse_mean"] for r in sel]
+        stds = [_num(r.get("rmse_std")) or 0.0 for r in sel]
+        y = np.arange(len(sel))
+        for yi, m, sd, r in zip(y, means, stds, sel, strict=True):
+            ax.errorbar(m, yi, xerr=sd, fmt="o", color=colors[str(r["model"])], capsize=3, markeredgecolor="black")
+            ax.annotate(f"{m:.4f}", (m + sd, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.set_yticks(y, labels, fontsize=7)
+        lo = min(m - sd for m, sd in zip(means, stds, strict=True))
+        hi = max(m + sd for m, sd in zip(means, stds, strict=True))
+        pad = (hi - lo) * 0.25 or abs(hi) * 0.01 or 0.01
+        ax.set_xlim(lo - pad * 0.3, hi + pad)
+        ax.grid(axis="x", alpha=0.3)
+        seeds = sorted({len(r["seeds"]) for r in sel if isinstance(r.get("seeds"), list)})
+        ax.set_title(f"{ds}" + (f" ({'/'.join(map(str, seeds))} seeds)" if seeds else ""))
+        ax.set_xlabel("test RMSE (rating points, lower is better)")
     fig.suptitle("Rating accuracy: test RMSE per model (mean ± std over seeds)")
-    _model_legend(fig, colors, models)
     return fig
 
 
