@@ -65,12 +65,13 @@ class SubgraphModelConfig(TrainConfig):
             (IGMC's head: affine, clamped into the range outside training).
             See :meth:`~cmcrec.models.base.RatingModel.to_scale`.
         mean_over: how each R-GCN layer averages a node's incoming messages.
-            ``"node"`` (default): over all its ratings, ``Σ_r Σ_{j ∈ N_r(i)} W_r h_j / |N(i)|``
-            (PyG 1.4's ``RGCNConv``, which IGMC's published results used): a
-            node sees the share of each rating level. ``"relation"``: per rating
-            level, then summed over levels (PyG >= 2's ``RGCNConv``; what models
-            saved before this field existed used): a node sees which levels it
-            has but not how many of each.
+            ``"node"`` (default): over all its ratings, ``Σ_r Σ_{j ∈ N_r(i)} W_r h_j / |N(i)|``,
+            as PyG 1.x's ``RGCNConv`` aggregated over all of a node's edges at once
+            (IGMC's README names PyG 1.4.2 as its tested version): a node sees the
+            share of each rating level. ``"relation"``: per rating level, then
+            summed over levels (PyG >= 2's ``RGCNConv``; what models saved before
+            this field existed used): a node sees which levels it has but not how
+            many of each.
     """
 
     hidden_channels: int = 32

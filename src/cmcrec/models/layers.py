@@ -305,8 +305,9 @@ class RelationalGraph:
                 (node, relation) slot, ``Σ_r mean_{j ∈ N_r(i)}`` (PyG >= 2's
                 ``RGCNConv``); a node's count of each rating level is lost.
                 ``"node"``: over all of the node's edges, ``Σ_r Σ_{j ∈ N_r(i)} / |N(i)|``
-                (PyG 1.4's ``RGCNConv``, the one IGMC's published results used);
-                the first layer then sees the share of each rating level.
+                (PyG 1.x's ``RGCNConv`` aggregated over all of a node's edges at
+                once; IGMC's README names PyG 1.4.2); the first layer then sees the
+                share of each rating level.
         """
         if mean_over not in ("relation", "node"):
             raise ValueError(f"mean_over must be 'relation' or 'node', got {mean_over!r}")
