@@ -547,15 +547,18 @@ def training_curve_rows(src: ResultFile) -> list[dict[str, Any]]:
 
 
 def training_curves_figure(rows: Sequence[dict[str, Any]], colors: dict[str, Any]) -> Figure:
-    """Training loss and validation RMSE per epoch; one row of panels per dataset, a line per model (and seed)."""
+    """Training loss and validation RMSE per epoch; one row of panels per dataset, a line per run.
+
+    A model's seeds share its colour; one legend below the panels names each model once (a legend per
+    panel listing every seed grew taller than the panels once a results file held dozens of runs).
+    """
+    from matplotlib.lines import Line2D
+
     datasets = _order(r["dataset"] for r in rows)
     fig, axes = _new_figure(2, nrows=len(datasets), width=5.0, height=3.2)
     for row, ds in enumerate(datasets):
         sel = [r for r in rows if r["dataset"] == ds]
         runs = _order((r["model"], r["seed"]) for r in sel)
-        seeds_per_model: dict[str, int] = {}
-        for m, _ in runs:
-            seeds_per_model[m] = seeds_per_model.get(m, 0) + 1
         for col, (metric, label) in enumerate(
             [("train_loss", "training loss (total objective)"), ("valid_rmse", "validation RMSE (rating points)")]
         ):
@@ -569,8 +572,7 @@ def training_curves_figure(rows: Sequence[dict[str, Any]], colors: dict[str, Any
                 if not pts:
                     continue
                 xs, ys = zip(*pts, strict=True)
-                name = model if seeds_per_model[model] == 1 or seed is None else f"{model} (seed {seed})"
-                ax.plot(xs, ys, color=colors[model], marker=".", alpha=0.9, label=name)
+                ax.plot(xs, ys, color=colors[model], marker=".", alpha=0.9, linewidth=1)
                 if metric == "valid_rmse":
                     best = int(np.argmin(ys))
                     ax.plot(xs[best], ys[best], "o", color=colors[model], markersize=8, markerfacecolor="none")
@@ -578,8 +580,10 @@ def training_curves_figure(rows: Sequence[dict[str, Any]], colors: dict[str, Any
             ax.set_ylabel(label)
             ax.set_title(f"{ds or 'dataset not recorded'}: {label.split(' (')[0]}")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.suptitle("Training curves (circles: epoch kept, best validation RMSE)")
+    models = _order(r["model"] for r in rows)
+    handles = [Line2D([], [], color=colors[m], marker=".", label=m) for m in models]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(models), 3), title="model", fontsize=7)
+    fig.suptitle("Training curves, one line per run (circles: epoch kept, best validation RMSE)")
     return fig
 
 
