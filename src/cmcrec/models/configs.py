@@ -74,6 +74,8 @@ class SubgraphModelConfig(TrainConfig):
             many of each.
     """
 
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"mean_over": "relation"}
+
     hidden_channels: int = 32
     num_layers: int = 4
     num_bases: int = 4
@@ -87,8 +89,6 @@ class SubgraphModelConfig(TrainConfig):
     rank_negatives: int = 3
     rank_threshold: float | None = None
     rank_tau: float = 0.1
-    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"mean_over": "relation"}
-
     output: str = "sigmoid"
     mean_over: str = "node"
 
