@@ -112,3 +112,22 @@ def test_unknown_override_key_is_a_clear_error(capsys, command, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and "--set" in err and "ema_dcay" in err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_runs_differing_in_preset_or_epochs_are_different_runs_with_their_own_artifacts():
+    from cmcrec.benchmarks.accuracy import _key
+    from cmcrec.benchmarks.common import model_key
+
+    run = _run("yahoo_music", "mccl", 0, 19.0) | {"preset": "cpu", "epochs": 8}
+    assert _key(run) != _key(run | {"epochs": 12}) and _key(run) != _key(run | {"preset": "paper"})
+    names = {
+        model_key("yahoo_music/monti", "mccl", {}, 0),
+        model_key("yahoo_music/monti", "mccl", {}, 0, "cpu"),
+        model_key("yahoo_music/monti", "mccl", {}, 0, "paper"),
+        model_key("yahoo_music/monti", "mccl", {}, 0, "paper", 12),
+        model_key("yahoo_music/monti", "mccl", {"ema_decay": 0.999}, 0, "paper", 12),
+    }
+    assert len(names) == 5
+    assert model_key("yahoo_music/monti", "mccl", {"ema_decay": 0.999}, 0, "paper", 12) == (
+        "yahoo_music-monti-mccl-paper-e12-ema_decay0.999-s0"
+    )

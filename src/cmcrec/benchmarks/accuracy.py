@@ -118,12 +118,19 @@ def run_accuracy(
             # values the config ended up with: `--set epochs=3 --epochs 5` trains 5, `lr=1` is `lr=1.0`.
             applied = {k: getattr(config, k) for k in overrides or {} if hasattr(config, k)}
             for seed in seeds:
-                key = {"dataset": dataset, "model": model, "seed": seed, "preset": preset, "overrides": applied}
+                key = {
+                    "dataset": dataset,
+                    "model": model,
+                    "seed": seed,
+                    "preset": preset,
+                    "overrides": applied,
+                    "epochs": config.epochs,
+                }
                 if _key(key) in done:
                     continue
                 t0 = time.perf_counter()
                 context = RunContext(device=device, seed=seed, num_workers=num_workers, progress=False)
-                key = model_key(split.name, model, applied, seed)
+                key = model_key(split.name, model, applied, seed, preset, epochs)
                 rec = fit_or_load(model, split.train, config, context, models_dir, key)
                 pred = rec.predict_indices(split.test.user, split.test.item, num_workers=num_workers)
                 run = {
@@ -164,8 +171,9 @@ def run_accuracy(
 
 
 def _key(run: dict[str, Any]) -> tuple:
+    """What makes two runs the same run: a study skips a run whose key it already holds."""
     overrides = json.dumps(run.get("overrides") or {}, sort_keys=True)
-    return (run["dataset"], run["model"], run["seed"], run.get("preset"), overrides)
+    return (run["dataset"], run["model"], run["seed"], run.get("preset"), overrides, run.get("epochs"))
 
 
 def _payload(runs: list[dict[str, Any]]) -> dict[str, Any]:

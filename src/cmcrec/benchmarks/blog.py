@@ -206,7 +206,12 @@ def run_blog(
             else:
                 context = RunContext(device=device, seed=seed, num_workers=num_workers, progress=False)
                 rec = fit_or_load(
-                    model, train, config, context, models_dir, model_key(split.name, model, applied, seed)
+                    model,
+                    train,
+                    config,
+                    context,
+                    models_dir,
+                    model_key(split.name, model, applied, seed, preset, epochs),
                 )
                 ranker = _RecordingRanker(RecommenderRanker(rec, candidates))
                 accuracy = dict(evaluate_ratings(rec.predict_indices(test.user, test.item), test))

@@ -88,7 +88,17 @@ def model_label(run: dict[str, Any]) -> str:
     return f"{run['model']} ({', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))})"
 
 
-def model_key(split_name: str, model: str, overrides: dict[str, Any] | None, seed: int) -> str:
-    """The ``--models-dir`` name of a trained model: split, model, ``--set`` overrides, seed."""
+def model_key(
+    split_name: str,
+    model: str,
+    overrides: dict[str, Any] | None,
+    seed: int,
+    preset: str | None = None,
+    epochs: int | None = None,
+) -> str:
+    """The ``--models-dir`` name of a trained model: split, model, preset, ``--epochs``, ``--set``
+    overrides, seed. Runs that differ in any of them keep their own artifact (before the preset and
+    epochs were part of the name, a paper-preset run overwrote the cpu-preset model of the same seed)."""
     tag = "".join(f"-{k}{v}" for k, v in sorted((overrides or {}).items()))
-    return f"{split_name.replace('/', '-')}-{model}{tag}-s{seed}"
+    budget = (f"-{preset}" if preset else "") + (f"-e{epochs}" if epochs is not None else "")
+    return f"{split_name.replace('/', '-')}-{model}{budget}{tag}-s{seed}"
