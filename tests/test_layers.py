@@ -31,14 +31,19 @@ def _set_identity(conv: RGCNConv, scales: list[float]) -> None:
         conv.bias.zero_()
 
 
-def test_rgcn_hand_example_mean_per_relation_and_edge_weight():
-    # 5 nodes, 2 channels, 2 relations. Edges into node 0:
-    #   relation 0 from nodes 1 and 2, relation 1 from node 3. Edge into node 4: relation 1 from node 0.
+def _hand_graph():
+    """5 nodes, 2 channels, 2 relations. Edges into node 0: relation 0 from nodes 1 and 2,
+    relation 1 from node 3. Edge into node 4: relation 1 from node 0. W_0 = I, W_1 = 10 I."""
     x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 4.0], [1.0, 1.0], [0.0, 0.0]])
     edge_index = torch.tensor([[1, 2, 3, 0], [0, 0, 0, 4]])
     edge_type = torch.tensor([0, 0, 1, 1])
     conv = RGCNConv(2, 2, num_relations=2, num_bases=1)
     _set_identity(conv, [1.0, 10.0])
+    return x, edge_index, edge_type, conv
+
+
+def test_rgcn_hand_example_mean_per_relation_and_edge_weight():
+    x, edge_index, edge_type, conv = _hand_graph()
     out = conv(x, edge_index, edge_type)
     # node 0: mean over relation 0 of x1, x2 = (1, 2); relation 1: 10 * x3 = (10, 10)  -> (11, 12)
     # node 4: 10 * x0 = (10, 0); others receive nothing.
@@ -62,12 +67,8 @@ def test_rgcn_hand_example_mean_per_relation_and_edge_weight():
 
 
 def test_rgcn_hand_example_mean_over_all_of_a_nodes_edges():
-    # The graph above with mean_over="node": node 0 divides every message by its 3 edges.
-    x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 4.0], [1.0, 1.0], [0.0, 0.0]])
-    edge_index = torch.tensor([[1, 2, 3, 0], [0, 0, 0, 4]])
-    edge_type = torch.tensor([0, 0, 1, 1])
-    conv = RGCNConv(2, 2, num_relations=2, num_bases=1)
-    _set_identity(conv, [1.0, 10.0])
+    # The hand graph with mean_over="node": node 0 divides every message by its 3 edges.
+    x, edge_index, edge_type, conv = _hand_graph()
     graph = RelationalGraph.build(edge_index, edge_type, 5, 2, mean_over="node")
     out = conv(x, edge_index, edge_type, graph=graph)
     # node 0: (x1 + x2 + 10 * x3) / 3 = ((2, 4) + (10, 10)) / 3; node 4: 10 * x0 / 1.
