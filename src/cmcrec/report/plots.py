@@ -160,11 +160,20 @@ def _bars(ax, labels: Sequence[str], means, stds, colors, fmt: str = "{:.3f}") -
     ax.grid(axis="y", alpha=0.3)
 
 
-def _model_legend(fig: Figure, colors: dict[str, Any], models: Sequence[str]) -> None:
+def _model_legend(
+    fig: Figure, colors: dict[str, Any], models: Sequence[str], lines: bool = False, ncols: int = 6, fontsize: int = 8
+) -> None:
+    """One legend below the panels naming each model once: colour patches, or line markers (``lines``)."""
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=colors[m], edgecolor="black", linewidth=0.5, label=m) for m in models]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(models), 6), title="model", fontsize=8)
+    if lines:
+        handles = [Line2D([], [], color=colors[m], marker=".", label=m) for m in models]
+    else:
+        handles = [Patch(facecolor=colors[m], edgecolor="black", linewidth=0.5, label=m) for m in models]
+    fig.legend(
+        handles=handles, loc="outside lower center", ncols=min(len(models), ncols), title="model", fontsize=fontsize
+    )
 
 
 # -- accuracy / ranking -----------------------------------------------------------------------------
@@ -552,8 +561,6 @@ def training_curves_figure(rows: Sequence[dict[str, Any]], colors: dict[str, Any
     A model's seeds share its colour; one legend below the panels names each model once (a legend per
     panel listing every seed grew taller than the panels once a results file held dozens of runs).
     """
-    from matplotlib.lines import Line2D
-
     datasets = _order(r["dataset"] for r in rows)
     fig, axes = _new_figure(2, nrows=len(datasets), width=5.0, height=3.2)
     for row, ds in enumerate(datasets):
@@ -580,9 +587,7 @@ def training_curves_figure(rows: Sequence[dict[str, Any]], colors: dict[str, Any
             ax.set_ylabel(label)
             ax.set_title(f"{ds or 'dataset not recorded'}: {label.split(' (')[0]}")
             ax.grid(alpha=0.3)
-    models = _order(r["model"] for r in rows)
-    handles = [Line2D([], [], color=colors[m], marker=".", label=m) for m in models]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(models), 3), title="model", fontsize=7)
+    _model_legend(fig, colors, _order(r["model"] for r in rows), lines=True, ncols=3, fontsize=7)
     fig.suptitle("Training curves, one line per run (circles: epoch kept, best validation RMSE)")
     return fig
 
