@@ -130,8 +130,8 @@ def run_accuracy(
                     continue
                 t0 = time.perf_counter()
                 context = RunContext(device=device, seed=seed, num_workers=num_workers, progress=False)
-                key = model_key(split.name, model, applied, seed, preset, epochs)
-                rec = fit_or_load(model, split.train, config, context, models_dir, key)
+                artifact = model_key(split.name, model, applied, seed, preset, epochs)
+                rec = fit_or_load(model, split.train, config, context, models_dir, artifact)
                 pred = rec.predict_indices(split.test.user, split.test.item, num_workers=num_workers)
                 run = {
                     "dataset": dataset,
