@@ -53,7 +53,13 @@ def _configs(x):
 
 
 def per_relation_note(d: dict) -> list[str]:
-    """A note for a study whose subgraph models predate ``mean_over`` (they averaged per relation)."""
+    """A note for a study whose subgraph models predate ``mean_over`` (they averaged per relation).
+
+    None when every config names its mean, or when every row of the study says which mean it used
+    (a ``mean_over`` column: a study holding runs from before and after the option)."""
+    rows = d.get("rows")
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) and "mean_over" in r for r in rows):
+        return []
     if not any("mean_over" not in c for c in _configs(d)):
         return []
     return [
