@@ -44,6 +44,20 @@ def test_aggregate_mean_and_sample_std():
     assert "ml-100k" in format_table(list(rows.values()))
 
 
+def test_aggregate_keeps_epoch_budgets_apart():
+    runs = [_run("flixster", "mccl", s, 0.88) for s in (0, 1)]
+    longer = [_run("flixster", "mccl", s, 0.87) for s in (0, 1)]
+    for r in runs + longer:
+        r["command"] = "cmd"
+    for r in longer:
+        r["epochs"] = 16  # the same model and preset, run again with --epochs 16
+    rows = sorted(aggregate(runs + longer), key=lambda r: r["epochs"])
+    assert [(r["epochs"], r["seeds"], r["rmse_mean"]) for r in rows] == [
+        (8, [0, 1], pytest.approx(0.88)),
+        (16, [0, 1], pytest.approx(0.87)),
+    ]
+
+
 def test_preset_applies_to_subgraph_models_only():
     assert model_config("igmc", "cpu", None).max_nodes_per_hop == 40
     assert model_config("mf", "cpu", None) == model_config("mf", None, None)

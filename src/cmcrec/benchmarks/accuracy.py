@@ -50,18 +50,19 @@ def model_config(model: str, preset: str | None, epochs: int | None, extra: dict
 
 
 def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (dataset, model, preset): mean ± std (sample std, ddof=1) of test RMSE over seeds.
+    """One row per (dataset, model, preset, epochs): mean ± std (sample std, ddof=1) of test RMSE over seeds.
 
     A run trained with ``--set`` overrides is its own model, labelled
-    ``model (key=value, ...)`` (:func:`~cmcrec.benchmarks.common.model_label`).
+    ``model (key=value, ...)`` (:func:`~cmcrec.benchmarks.common.model_label`);
+    runs with another epoch budget (``--epochs``) are their own row.
     A row's ``command`` is the command its runs were made with (several, joined
     by `` ; ``, when the seeds were run in pieces).
     """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["dataset"], model_label(r), r.get("preset")), []).append(r)
+        groups.setdefault((r["dataset"], model_label(r), r.get("preset"), r["epochs"]), []).append(r)
     rows = []
-    for (dataset, model, preset), rs in groups.items():
+    for (dataset, model, preset, epochs), rs in groups.items():
         values = np.array([r["rmse"] for r in rs])
         rows.append(
             {
@@ -72,7 +73,7 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "rmse_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                 "mae_mean": float(np.mean([r["mae"] for r in rs])),
                 "seeds": sorted(r["seed"] for r in rs),
-                "epochs": rs[0]["epochs"],
+                "epochs": epochs,
                 "best_epochs": [r["best_epoch"] for r in rs],
                 "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
                 "max_nodes_per_hop": rs[0].get("max_nodes_per_hop"),
