@@ -266,3 +266,26 @@ def test_cold_start_figures_have_a_row_of_panels_per_split():
         titles = [ax.get_title() for ax in axes]
         assert sum(t.startswith("ml-100k/u1:") for t in titles) == ncols
         assert sum(t.startswith("movietweetings-100k/random:") for t in titles) == ncols
+
+
+def test_accuracy_figure_tells_epoch_budgets_apart():
+    from cmcrec.report.plots import ResultFile, accuracy_figure, palette
+
+    rows = [
+        {
+            "dataset": "flixster",
+            "model": "mccl",
+            "preset": "cpu",
+            "max_nodes_per_hop": 40,
+            "epochs": e,
+            "rmse_mean": m,
+            "rmse_std": 0.001,
+            "seeds": [0, 1, 2],
+        }
+        for e, m in ((8, 0.877), (16, 0.875))
+    ] + [{"dataset": "flixster", "model": "mf", "preset": "cpu", "epochs": 100, "rmse_mean": 0.946, "seeds": [0]}]
+    src = ResultFile(path=Path("accuracy.json"), payload={"rows": rows}, rows=rows)
+    fig = accuracy_figure(src, palette(["mccl", "mf"]))
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    # best at the top: the axis lists bottom to top
+    assert labels == ["mf", "mccl (cpu), 8 ep", "mccl (cpu), 16 ep"]

@@ -42,10 +42,10 @@ SECTIONS = [
         "accuracy",
         "Rating accuracy (test RMSE)",
         "accuracy.json",
-        "One panel per dataset. Bars are the mean test RMSE over seeds, whiskers ± one standard deviation; "
-        "lower is better. The axis starts at 0, so read small differences from the labels and the table.",
+        "One panel per dataset, best at the top. Dots are the mean test RMSE over seeds, whiskers ± one "
+        "standard deviation; lower is better. The axis spans each panel's values (it does not start at 0).",
         plots.accuracy_figure,
-        ("dataset", "model", "preset", "rmse_mean", "rmse_std", "mae_mean", "seeds"),
+        ("dataset", "model", "preset", "epochs", "rmse_mean", "rmse_std", "mae_mean", "seeds"),
     ),
     Section(
         "ranking",

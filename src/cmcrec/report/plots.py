@@ -205,6 +205,12 @@ def accuracy_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
             str(r["model"]) + (f" ({r['preset']})" if r.get("preset") and r.get("max_nodes_per_hop") else "")
             for r in sel
         ]
+        # The same model and preset run with another epoch budget (--epochs) is another row: say which.
+        shared = {lab for lab in labels if labels.count(lab) > 1}
+        labels = [
+            f"{lab}, {r['epochs']} ep" if lab in shared and r.get("epochs") is not None else lab
+            for lab, r in zip(labels, sel, strict=True)
+        ]
         means = [r["rmse_mean"] for r in sel]
         stds = [_num(r.get("rmse_std")) or 0.0 for r in sel]
         y = np.arange(len(sel))
