@@ -289,7 +289,16 @@ def main() -> None:
         (
             "igmc_reference_check.json",
             "IGMC at the public implementation's settings (5 epochs)",
-            ["seed", "code", "output", "best_epoch", "best_valid_rmse", "rmse", "public_igmc_rmse_after_5_epochs"],
+            [
+                "seed",
+                "code",
+                "mean_over",
+                "output",
+                "best_epoch",
+                "best_valid_rmse",
+                "rmse",
+                "public_igmc_rmse_after_5_epochs",
+            ],
         ),
         ("distributed.json", "Distributed training", None),
         ("load.json", "HTTP load test", load_section),
