@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from synthetic import low_rank_split
 
@@ -11,6 +12,7 @@ from cmcrec.benchmarks.accuracy import aggregate, format_table, model_config
 from cmcrec.benchmarks.common import fit_or_load
 from cmcrec.config import RunContext
 from cmcrec.models.registry import get_model
+from cmcrec.training.trainer import Trainer
 
 
 def _run(dataset, model, seed, rmse):
@@ -74,6 +76,79 @@ def test_fit_or_load_reuses_only_matching_models(tmp_path):
     # A different config is retrained, not silently reused.
     other = fit_or_load("mf", split.train, model_config("mf", None, None, {"epochs": 3}), ctx, tmp_path, "m")
     assert len(other.training["history"]) == 3
+
+
+class _Killed(Exception):
+    """Stands in for a session that ends mid-training."""
+
+
+def _kill_after_epoch(monkeypatch, last: int):
+    """Make training stop (as if killed) right after epoch ``last`` (1-based) is checkpointed."""
+    save = Trainer.save_checkpoint
+
+    def save_then_die(self, epoch):
+        save(self, epoch)
+        if epoch + 1 == last:
+            raise _Killed
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+
+
+def test_fit_or_load_resumes_a_killed_run_where_it_stopped(tmp_path, monkeypatch):
+    split = low_rank_split(seed=6)
+    config = model_config("mf", None, None, {"epochs": 5})
+    ctx = RunContext(seed=0, progress=False)
+    straight = fit_or_load("mf", split.train, config, ctx, None, "m")
+
+    with monkeypatch.context() as m:
+        _kill_after_epoch(m, 3)
+        with pytest.raises(_Killed):
+            fit_or_load("mf", split.train, config, ctx, tmp_path, "m")
+    assert (tmp_path / "m.checkpoint" / "state.json").is_file()
+    assert not (tmp_path / "m" / "manifest.json").exists()
+
+    restored = []
+    load = Trainer.load_checkpoint
+    monkeypatch.setattr(Trainer, "load_checkpoint", lambda self, d: restored.append(d) or load(self, d))
+    resumed = fit_or_load("mf", split.train, config, ctx, tmp_path, "m")
+    assert restored == [tmp_path / "m.checkpoint"]
+    assert [h["epoch"] for h in resumed.training["history"]] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose(
+        [h["valid_rmse"] for h in resumed.training["history"]],
+        [h["valid_rmse"] for h in straight.training["history"]],
+        rtol=1e-6,
+    )
+    # The whole training's time, the restored epochs included.
+    assert resumed.training["seconds"] >= sum(h["seconds"] for h in resumed.training["history"][:3])
+    # Done: the model is saved and its checkpoint cleared.
+    assert (tmp_path / "m" / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_fit_or_load_never_resumes_another_configs_checkpoint(tmp_path, monkeypatch):
+    split = low_rank_split(seed=6)
+    ctx = RunContext(seed=0, progress=False)
+    with monkeypatch.context() as m:
+        _kill_after_epoch(m, 2)
+        with pytest.raises(_Killed):
+            fit_or_load(
+                "mf", split.train, model_config("mf", None, None, {"epochs": 4, "lr": 0.05}), ctx, tmp_path, "m"
+            )
+    restored = []
+    monkeypatch.setattr(Trainer, "load_checkpoint", lambda self, d: restored.append(d))
+    other = model_config("mf", None, None, {"epochs": 4, "lr": 0.02})
+    rec = fit_or_load("mf", split.train, other, ctx, tmp_path, "m")
+    assert restored == []
+    assert [h["epoch"] for h in rec.training["history"]] == [1, 2, 3, 4]
+    assert rec.config.lr == 0.02
+    # Nor one written for other training data, under the same config.
+    with monkeypatch.context() as m:
+        _kill_after_epoch(m, 2)
+        with pytest.raises(_Killed):
+            fit_or_load("mf", split.train, model_config("mf", None, None, {"epochs": 3}), ctx, tmp_path, "n")
+    fewer = split.train.subset(np.arange(len(split.train) - 1))
+    fit_or_load("mf", fewer, model_config("mf", None, None, {"epochs": 3}), ctx, tmp_path, "n")
+    assert restored == []
 
 
 def test_epochs_override_budgets_subgraph_models_only():

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cmcrec.artifacts import atomic_write_text
@@ -65,6 +68,12 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     Studies that share a trained model (the accuracy table and the blog table use the
     same seed and config on ML-100K) then train it once; a saved model whose config
     or training data differ is retrained, never silently reused.
+
+    While training, a checkpoint is written to ``models_dir/key.checkpoint`` after every
+    epoch, with ``key.checkpoint.json`` beside it naming the config, seed and training data it belongs to.
+    A study killed mid-training (a session that ends, a machine that is taken back) then
+    resumes at the next epoch when run again with the same config; a checkpoint from a
+    different config or data is discarded, never resumed.
     """
     from cmcrec.recommender import Recommender
 
@@ -74,10 +83,48 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
         same_data = len(rec.train) == len(train) and bool((rec.train.rating == train.rating).all())
         if rec.config == config and same_data and rec.training.get("seed") == context.seed:
             return rec
-    rec = Recommender.fit(model, train, config, context)
-    if path is not None:
-        rec.save(path)
+    if path is None:
+        return Recommender.fit(model, train, config, context)
+    checkpoint = path.with_name(path.name + ".checkpoint")
+    # Through JSON and back, so it compares equal to the copy read from disk (tuples become lists).
+    identity = json.loads(
+        json.dumps(
+            {
+                "model": model,
+                "config": config.to_dict(),
+                "seed": context.seed,
+                "num_train": len(train),
+                "train_digest": _ratings_digest(train),
+            }
+        )
+    )
+    resume = (checkpoint / "state.json").is_file() and _read_json(
+        checkpoint.with_name(checkpoint.name + ".json")
+    ) == identity
+    if not resume:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(checkpoint.with_name(checkpoint.name + ".json"), json.dumps(identity, indent=1) + "\n")
+    rec = Recommender.fit(model, train, config, context, checkpoint_dir=checkpoint, resume=resume)
+    rec.save(path)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    checkpoint.with_name(checkpoint.name + ".json").unlink(missing_ok=True)
     return rec
+
+
+def _ratings_digest(ratings) -> str:
+    """A hash of the (user, item, rating) columns: tells two training sets apart without storing them."""
+    digest = hashlib.sha256()
+    for column in (ratings.user, ratings.item, ratings.rating):
+        digest.update(np.ascontiguousarray(column).tobytes())
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def model_label(run: dict[str, Any]) -> str:

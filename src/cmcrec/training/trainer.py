@@ -319,6 +319,7 @@ class Trainer:
             torch.manual_seed(ctx.seed * 1000 + ctx.rank)
         ds = TargetRows(train.user, train.item, train.rating, train_batcher)
         t_start = time.perf_counter()
+        restored_seconds = sum(h.seconds for h in self.history)
         stopped_early = False
         amp = ctx.bf16 and self.device.type == "cuda"
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -396,5 +397,6 @@ class Trainer:
             best_epoch=self.best_epoch,
             best_valid_rmse=self.best_valid_rmse,
             stopped_early=stopped_early,
-            seconds=time.perf_counter() - t_start,
+            # A resumed run counts the epochs it restored too: the time the whole training took.
+            seconds=time.perf_counter() - t_start + restored_seconds,
         )
