@@ -60,6 +60,41 @@ def _check_overrides(overrides: dict, models: list[str], flag: str = "--set") ->
             raise ConfigError(f"{flag}: no model among {', '.join(models)} has a setting {key!r}")
 
 
+# ----------------------------------------------------------------------------- shared options of the studies
+
+StudyDataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Folder holding datasets (else $CMCREC_DATA_DIR, else the user cache)."),
+]
+StudyDevice = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+StudyWorkers = Annotated[int, typer.Option("--num-workers", help="DataLoader workers extracting subgraphs.")]
+StudyPreset = Annotated[str | None, typer.Option("--preset", help="Config preset: 'cpu' (laptop budget) or 'paper'.")]
+StudyEpochs = Annotated[
+    int | None,
+    typer.Option("--epochs", help="Override the subgraph models' epochs (MF and bias keep their own schedule)."),
+]
+StudySeeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")]
+StudyMaxTrain = Annotated[
+    int | None,
+    typer.Option("--max-train-ratings", help="Train on a seeded sample of this many training ratings (quick runs)."),
+]
+StudyCandidates = Annotated[
+    int,
+    typer.Option(
+        "--candidates", help="Items the candidate generator proposes for subgraph models to re-rank (0 = all)."
+    ),
+]
+StudyModelsDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--models-dir",
+        help="Save trained models here and reuse ones trained with the same config and data; a run killed "
+        "mid-training resumes there at its next epoch.",
+    ),
+]
+StudyJson = Annotated[bool, typer.Option("--json", help="Print the aggregated rows as one JSON object.")]
+
+
 @bench_app.command("accuracy")
 def accuracy(
     datasets: Annotated[str, typer.Option("--datasets", help="Comma-separated dataset names.")] = (
@@ -68,21 +103,16 @@ def accuracy(
     models: Annotated[str, typer.Option("--models", help="Comma-separated model names.")] = (
         "mf,igmc,mccl,mccl-v1,mccl-v2,mccl-nocl"
     ),
-    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
-    preset: Annotated[str | None, typer.Option("--preset", help="Config preset (cpu, paper).")] = None,
-    epochs: Annotated[
-        int | None, typer.Option("--epochs", help="Override the subgraph models' epochs (MF and bias keep theirs).")
-    ] = None,
+    seeds: StudySeeds = "0,1,2",
+    preset: StudyPreset = None,
+    epochs: StudyEpochs = None,
     out: Annotated[Path, typer.Option("--out", help="Results JSON (runs already there are skipped).")] = Path(
         "benchmarks/results/accuracy.json"
     ),
-    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
-    device: Annotated[str, typer.Option("--device")] = "auto",
-    num_workers: Annotated[int, typer.Option("--num-workers")] = 0,
-    models_dir: Annotated[
-        Path | None,
-        typer.Option("--models-dir", help="Save trained models here; reuse ones trained with the same config."),
-    ] = None,
+    data_dir: StudyDataDir = None,
+    device: StudyDevice = "auto",
+    num_workers: StudyWorkers = 0,
+    models_dir: StudyModelsDir = None,
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -91,7 +121,7 @@ def accuracy(
             "and shown in its row's model label, e.g. --set ema_decay=0.999.",
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated rows as one JSON object.")] = False,
+    as_json: StudyJson = False,
 ) -> None:
     """Test RMSE (mean ± std over seeds) of each model on each dataset's standard split."""
     from cmcrec.benchmarks.accuracy import format_table, run_accuracy
@@ -127,33 +157,6 @@ def accuracy(
         print(json.dumps({"rows": payload.get("rows", [])}))
     else:
         typer.echo(format_table(payload.get("rows", [])))
-
-
-# ----------------------------------------------------------------------------- shared options of the studies
-
-StudyDataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Folder holding datasets (else $CMCREC_DATA_DIR, else the user cache)."),
-]
-StudyDevice = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-StudyWorkers = Annotated[int, typer.Option("--num-workers", help="DataLoader workers extracting subgraphs.")]
-StudyPreset = Annotated[str | None, typer.Option("--preset", help="Config preset: 'cpu' (laptop budget) or 'paper'.")]
-StudyEpochs = Annotated[
-    int | None,
-    typer.Option("--epochs", help="Override the subgraph models' epochs (MF and bias keep their own schedule)."),
-]
-StudySeeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")]
-StudyMaxTrain = Annotated[
-    int | None,
-    typer.Option("--max-train-ratings", help="Train on a seeded sample of this many training ratings (quick runs)."),
-]
-StudyCandidates = Annotated[
-    int,
-    typer.Option(
-        "--candidates", help="Items the candidate generator proposes for subgraph models to re-rank (0 = all)."
-    ),
-]
-StudyJson = Annotated[bool, typer.Option("--json", help="Print the aggregated rows as one JSON object.")]
 
 
 def _say(msg: str) -> None:
@@ -366,10 +369,7 @@ def blog(
     data_dir: StudyDataDir = None,
     device: StudyDevice = "auto",
     num_workers: StudyWorkers = 0,
-    models_dir: Annotated[
-        Path | None,
-        typer.Option("--models-dir", help="Save trained models here; reuse ones trained with the same config."),
-    ] = None,
+    models_dir: StudyModelsDir = None,
     set_: Annotated[
         list[str] | None,
         typer.Option(
