@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from cmcrec.benchmarks.accuracy import shown_preset
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PUBLISHED = {  # DESIGN.md §2: published single-split RMSE anchors (IGMC's are checkpoint ensembles)
@@ -108,8 +110,7 @@ def _accuracy_table(rows: list[dict]) -> list[str]:
     for r in rows:
         pub = ", ".join(f"{k} {v}" for k, v in PUBLISHED.get(r["dataset"], {}).items()) if r["model"] == "igmc" else ""
         rmse = f"{r['rmse_mean']:.4f} ± {r['rmse_std']:.4f}"
-        # Presets budget subgraph models only; id-based models keep their defaults.
-        preset = (r.get("preset") or "–") if r.get("max_nodes_per_hop") is not None else "–"
+        preset = shown_preset(r) or "–"
         out.append(
             f"| {r['dataset']} | {r['model']} | {preset} | {rmse} | "
             f"{len(r['seeds'])} | {r['epochs']} | {r.get('best_epochs')} | {r['train_seconds_mean']:.0f} | {pub} |"

@@ -46,6 +46,17 @@ def test_aggregate_mean_and_sample_std():
     assert "ml-100k" in format_table(list(rows.values()))
 
 
+def test_table_names_a_preset_only_where_it_applied():
+    """Presets budget the subgraph models; MF keeps its defaults, so its row shows no preset."""
+    mccl = _run("ml-100k", "mccl", 0, 0.93)
+    mf = _run("ml-100k", "mf", 0, 0.95) | {"max_nodes_per_hop": None}
+    for r in (mccl, mf):
+        r["command"] = "cmd"
+    table = format_table(aggregate([mccl, mf])).splitlines()
+    assert table[1].split()[:3] == ["ml-100k", "mccl", "cpu"]
+    assert table[2].split()[:3] == ["ml-100k", "mf", "–"]
+
+
 def test_aggregate_keeps_epoch_budgets_apart():
     runs = [_run("flixster", "mccl", s, 0.88) for s in (0, 1)]
     longer = [_run("flixster", "mccl", s, 0.87) for s in (0, 1)]

@@ -188,6 +188,15 @@ def _payload(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def shown_preset(row: dict[str, Any]) -> str | None:
+    """The preset a row was trained with, or None where it did not apply.
+
+    Presets budget the subgraph models only (rows with ``max_nodes_per_hop``); MF and the
+    bias baseline keep their defaults, so naming a preset beside them would mislead.
+    """
+    return row.get("preset") if row.get("max_nodes_per_hop") is not None else None
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     w = max([10, *(len(r["model"]) for r in rows)])  # labels with --set overrides are longer
     lines = [
@@ -195,7 +204,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     ]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["rmse_mean"])):
         lines.append(
-            f"{r['dataset']:<12} {r['model']:<{w}} {str(r['preset']):<7} "
+            f"{r['dataset']:<12} {r['model']:<{w}} {shown_preset(r) or '–':<7} "
             f"{r['rmse_mean']:.4f} ± {r['rmse_std']:.4f}    {len(r['seeds']):<9} {r['epochs']:>6} "
             f"{r['train_seconds_mean']:>7.0f}"
         )

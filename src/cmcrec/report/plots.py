@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
+from cmcrec.benchmarks.accuracy import shown_preset
 from cmcrec.benchmarks.common import model_label
 from cmcrec.errors import DataError
 
@@ -200,11 +201,7 @@ def accuracy_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
             key=lambda r: r["rmse_mean"],
             reverse=True,  # best at the top
         )
-        # Presets budget subgraph models only (rows with max_nodes_per_hop); id-based models keep their defaults.
-        labels = [
-            str(r["model"]) + (f" ({r['preset']})" if r.get("preset") and r.get("max_nodes_per_hop") else "")
-            for r in sel
-        ]
+        labels = [str(r["model"]) + (f" ({shown_preset(r)})" if shown_preset(r) else "") for r in sel]
         # The same model and preset run with another epoch budget (--epochs) is another row: say which.
         shared = {lab for lab in labels if labels.count(lab) > 1}
         labels = [
