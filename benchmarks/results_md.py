@@ -301,6 +301,11 @@ def main() -> None:
                 "public_igmc_rmse_after_5_epochs",
             ],
         ),
+        (
+            "determinism.json",
+            "Same seed, same model? (fresh processes, CPU; `warm_up` is `warm_cpu_math`)",
+            ["model", "threads", "steps", "warm_up", "processes", "distinct_models", "processes_per_model"],
+        ),
         ("distributed.json", "Distributed training", None),
         ("load.json", "HTTP load test", load_section),
     ]:

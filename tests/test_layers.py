@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from cmcrec.models import layers
 from cmcrec.models.layers import (
     EdgeScorer,
     RelationalGraph,
@@ -437,3 +438,17 @@ def test_per_rating_scorer_needs_the_paired_layout():
     graph = RelationalGraph.build(edge_index, torch.zeros(3, dtype=torch.long), 3, 1)
     with pytest.raises(ValueError, match="paired=True"):
         scorer.score(x, edge_index, graph)
+
+
+def test_cpu_math_is_warmed_up_once_per_thread_count_before_the_first_sparse_product(monkeypatch):
+    """MKL's vector math (tanh, exp, ...) is called once on one thread and once on every thread
+    before the first CSR operator is built (see warm_cpu_math), and not again after."""
+    calls = []
+    monkeypatch.setattr(layers, "_MKL_VML_OPS", (lambda t: calls.append(t.numel()),))
+    monkeypatch.setattr(layers, "_vml_warm", set())
+    crow, col = torch.tensor([0, 1, 2]), torch.tensor([1, 0])
+    layers._csr(crow, col, torch.ones(2), (2, 2))
+    threads = torch.get_num_threads()
+    assert calls == [8, 2 * 32768 * threads]
+    layers._csr(crow, col, torch.ones(2), (2, 2))
+    assert len(calls) == 2

@@ -43,7 +43,37 @@ __all__ = [
 _INT32_MAX = 2**31 - 1
 
 
+# PyTorch computes these on CPU with MKL's vector math library (ATen/cpu/vml.h).
+_MKL_VML_OPS = (torch.tanh, torch.exp, torch.log, torch.sqrt, torch.erf, torch.sin, torch.cos)
+_vml_warm: set[int] = set()
+
+
+def warm_cpu_math() -> None:
+    """Call each MKL vector-math function once per thread before a model uses it.
+
+    Measured with torch 2.13 (MKL 2024.2) on 2 threads: in some processes the first
+    ``torch.tanh`` after the process's first MKL sparse product computed its first thread's
+    half of the tensor with an error of up to 4e-5 instead of 3e-8; the second call was
+    exact. Training from the same seed then drifted apart between processes: 20 MCCL steps
+    gave 2 different models in 60 processes (53 and 7). Calling each function once first,
+    on a tensor small enough for one thread and on one split across every thread, gave one
+    model in 60 of 60 (``benchmarks/determinism.py``). Once per thread count; a few
+    milliseconds.
+    """
+    threads = torch.get_num_threads()
+    if threads in _vml_warm:
+        return
+    _vml_warm.add(threads)
+    small = torch.full((8,), 0.5)
+    large = torch.full((2 * 32768 * threads,), 0.5)  # above ATen's grain size on every thread
+    for op in _MKL_VML_OPS:
+        op(small)
+        op(large)
+
+
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if values.device.type == "cpu":
+        warm_cpu_math()  # before the first MKL sparse product: see its docstring
     # CSR is only a kernel inside our autograd Functions; its "beta" warning would not help callers.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
