@@ -13,6 +13,7 @@ import numpy as np
 import typer
 
 from cmcrec.cli.bench import bench_app
+from cmcrec.cli.options import Candidates, DataDir, Device, Workers
 from cmcrec.config import RunContext
 from cmcrec.data.ratings import Split
 from cmcrec.data.splits import subsample
@@ -27,28 +28,16 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Folder holding datasets (else $CMCREC_DATA_DIR, else the user cache)."),
-]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 Dataset = Annotated[str, typer.Option("--dataset", "-d", help="Dataset name (see `cmcrec data list`) or a file.")]
 SplitOpt = Annotated[
     str | None, typer.Option("--split", help="Split: a canonical one (u1..u5, ua, ub), 'random' or 'temporal'.")
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for splits, sampling and initialisation.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-Workers = Annotated[int, typer.Option("--num-workers", help="DataLoader workers extracting subgraphs.")]
 Ks = Annotated[str, typer.Option("--k", help="Comma-separated cut-offs for ranking metrics.")]
 RankUsers = Annotated[
     int | None,
     typer.Option("--rank-users", help="Rank for a seeded sample of this many test users (RMSE uses all)."),
-]
-Candidates = Annotated[
-    int,
-    typer.Option(
-        "--candidates", help="Items the candidate generator proposes for subgraph models to re-rank (0 = all)."
-    ),
 ]
 
 

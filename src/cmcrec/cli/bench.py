@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from cmcrec.cli.options import Candidates, DataDir, Device, Workers
 from cmcrec.errors import ConfigError
 
 bench_app = typer.Typer(help="Run the studies that produce benchmarks/results/.", no_args_is_help=True)
@@ -62,12 +63,6 @@ def _check_overrides(overrides: dict, models: list[str], flag: str = "--set") ->
 
 # ----------------------------------------------------------------------------- shared options of the studies
 
-StudyDataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Folder holding datasets (else $CMCREC_DATA_DIR, else the user cache)."),
-]
-StudyDevice = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-StudyWorkers = Annotated[int, typer.Option("--num-workers", help="DataLoader workers extracting subgraphs.")]
 StudyPreset = Annotated[str | None, typer.Option("--preset", help="Config preset: 'cpu' (laptop budget) or 'paper'.")]
 StudyEpochs = Annotated[
     int | None,
@@ -77,12 +72,6 @@ StudySeeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.
 StudyMaxTrain = Annotated[
     int | None,
     typer.Option("--max-train-ratings", help="Train on a seeded sample of this many training ratings (quick runs)."),
-]
-StudyCandidates = Annotated[
-    int,
-    typer.Option(
-        "--candidates", help="Items the candidate generator proposes for subgraph models to re-rank (0 = all)."
-    ),
 ]
 StudyModelsDir = Annotated[
     Path | None,
@@ -109,9 +98,9 @@ def accuracy(
     out: Annotated[Path, typer.Option("--out", help="Results JSON (runs already there are skipped).")] = Path(
         "benchmarks/results/accuracy.json"
     ),
-    data_dir: StudyDataDir = None,
-    device: StudyDevice = "auto",
-    num_workers: StudyWorkers = 0,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    num_workers: Workers = 0,
     models_dir: StudyModelsDir = None,
     set_: Annotated[
         list[str] | None,
@@ -233,13 +222,13 @@ def robustness(
     preset: StudyPreset = None,
     epochs: StudyEpochs = None,
     max_train_ratings: StudyMaxTrain = None,
-    candidates: StudyCandidates = 200,
+    candidates: Candidates = 200,
     out: Annotated[Path, typer.Option("--out", help="Results JSON (runs already there are skipped).")] = Path(
         "benchmarks/results/robustness.json"
     ),
-    data_dir: StudyDataDir = None,
-    device: StudyDevice = "auto",
-    num_workers: StudyWorkers = 0,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    num_workers: Workers = 0,
     as_json: StudyJson = False,
 ) -> None:
     """Test RMSE and NDCG@10 of each model as fake or flipped ratings are added to the training data."""
@@ -304,13 +293,13 @@ def cold_start(
     preset: StudyPreset = None,
     epochs: StudyEpochs = None,
     max_train_ratings: StudyMaxTrain = None,
-    candidates: StudyCandidates = 200,
+    candidates: Candidates = 200,
     out: Annotated[Path, typer.Option("--out", help="Results JSON (runs already there are skipped).")] = Path(
         "benchmarks/results/cold_start.json"
     ),
-    data_dir: StudyDataDir = None,
-    device: StudyDevice = "auto",
-    num_workers: StudyWorkers = 0,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    num_workers: Workers = 0,
     as_json: StudyJson = False,
 ) -> None:
     """Metrics by user activity bucket, and for users held out of training (given k ratings, no retraining)."""
@@ -359,16 +348,16 @@ def blog(
     preset: StudyPreset = None,
     epochs: StudyEpochs = None,
     max_train_ratings: StudyMaxTrain = None,
-    candidates: StudyCandidates = 200,
+    candidates: Candidates = 200,
     out: Annotated[Path, typer.Option("--out", help="Blog table JSON (runs already there are skipped).")] = Path(
         "benchmarks/results/blog.json"
     ),
     popularity_out: Annotated[
         Path, typer.Option("--popularity-out", help="Popularity profile JSON of the top-10 lists.")
     ] = Path("benchmarks/results/popularity.json"),
-    data_dir: StudyDataDir = None,
-    device: StudyDevice = "auto",
-    num_workers: StudyWorkers = 0,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    num_workers: Workers = 0,
     models_dir: StudyModelsDir = None,
     set_: Annotated[
         list[str] | None,
