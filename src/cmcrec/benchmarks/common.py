@@ -86,6 +86,7 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     if path is None:
         return Recommender.fit(model, train, config, context)
     checkpoint = path.with_name(path.name + ".checkpoint")
+    identity_file = path.with_name(path.name + ".checkpoint.json")
     # Through JSON and back, so it compares equal to the copy read from disk (tuples become lists).
     identity = json.loads(
         json.dumps(
@@ -98,17 +99,15 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
             }
         )
     )
-    resume = (checkpoint / "state.json").is_file() and _read_json(
-        checkpoint.with_name(checkpoint.name + ".json")
-    ) == identity
+    resume = (checkpoint / "state.json").is_file() and _read_json(identity_file) == identity
     if not resume:
         shutil.rmtree(checkpoint, ignore_errors=True)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(checkpoint.with_name(checkpoint.name + ".json"), json.dumps(identity, indent=1) + "\n")
+        atomic_write_text(identity_file, json.dumps(identity, indent=1) + "\n")
     rec = Recommender.fit(model, train, config, context, checkpoint_dir=checkpoint, resume=resume)
     rec.save(path)
     shutil.rmtree(checkpoint, ignore_errors=True)
-    checkpoint.with_name(checkpoint.name + ".json").unlink(missing_ok=True)
+    identity_file.unlink(missing_ok=True)
     return rec
 
 
