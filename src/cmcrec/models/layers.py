@@ -43,8 +43,11 @@ __all__ = [
 _INT32_MAX = 2**31 - 1
 
 
-# PyTorch computes these on CPU with MKL's vector math library (ATen/cpu/vml.h).
-_MKL_VML_OPS = (torch.tanh, torch.exp, torch.log, torch.sqrt, torch.erf, torch.sin, torch.cos)
+# The float ops PyTorch computes on CPU with MKL's vector math library (IMPLEMENT_VML_MKL in ATen/cpu/vml.h).
+_MKL_VML_OPS = (
+    torch.acos, torch.asin, torch.atan, torch.cos, torch.erf, torch.erfc, torch.erfinv, torch.exp,
+    torch.log, torch.log10, torch.log2, torch.sin, torch.sqrt, torch.tan, torch.tanh, torch.trunc,
+)  # fmt: skip
 _vml_warm: set[int] = set()
 
 
@@ -59,6 +62,11 @@ def warm_cpu_math() -> None:
     on a tensor small enough for one thread and on one split across every thread, gave one
     model in 60 of 60 (``benchmarks/determinism.py``). Once per thread count; a few
     milliseconds.
+
+    This is pytorch/pytorch#188792: oneMKL 2024.2 (the MKL the torch wheels bundle) picks
+    each VML function's kernel lazily on its first call, and concurrent first calls from
+    intra-op threads can run a low-accuracy kernel on one chunk. Reported gone with
+    oneMKL >= 2025.0; the upstream fix under review (#188791) is the same warm-up.
     """
     threads = torch.get_num_threads()
     if threads in _vml_warm:
