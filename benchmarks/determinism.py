@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from cmcrec.artifacts import atomic_write_text
-    from cmcrec.benchmarks.common import machine
+    from cmcrec.benchmarks.common import machine, now
 
     cmd = [sys.executable, __file__, "--child", "--threads", str(args.threads), "--model", args.model]
     cmd += ["--steps", str(args.steps), "--data-dir", args.data_dir] + (["--no-warm-up"] if args.no_warm_up else [])
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - t0,
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date": now(),
     }
     print(f"{'model':<8} {'threads':>7} {'warm-up':>8} {'processes':>9} {'distinct models':>15}  processes per model")
     print(
