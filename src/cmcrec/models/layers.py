@@ -12,6 +12,12 @@ Speed notes (CPU first, because that is where most users train):
   CPU ``index_add_`` runs an order of magnitude slower than a CSR product.
   :func:`gather_rows` keeps the fast forward gather and runs the backward as a
   sparse product with the pre-sorted transpose.
+* On CPU, the per-batch work that is a chain of whole-array passes in PyTorch
+  (the paired graph's counting sort, edge dropout, the edge scorer's MLP and
+  its per-subgraph rescaling) runs in fused kernels compiled on first use
+  (:mod:`cmcrec.models.kernels`); each has the PyTorch path beside it, which
+  runs on GPU, in half precision, or where the kernels cannot be built, and
+  which ``tests/test_kernels.py`` holds them to.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ __all__ = [
 ]
 
 _INT32_MAX = 2**31 - 1
+_EMPTY_INDEX = torch.empty(0, dtype=torch.int64)  # "no index" for the fused kernels' optional index arguments
 
 
 # The float ops PyTorch computes on CPU with MKL's vector math library (IMPLEMENT_VML_MKL in ATen/cpu/vml.h).
@@ -198,17 +205,28 @@ class _ScorerValues(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s, norm, rows: ScorerRows, row_graph, row_count, runs):
+        ctx.rows, ctx.runs = rows, runs
+        kernels = _fused_kernels(s, norm, row_count) if runs is not None else None
+        ctx.fused = kernels is not None
+        if ctx.fused:  # one pass per subgraph and one over the operator (cmcrec.models.kernels)
+            to_key = rows.to_key if rows.to_key is not None else _EMPTY_INDEX
+            out, w, scale = kernels.scorer_values_forward(s, norm, to_key, runs, row_count)
+            ctx.save_for_backward(w, scale, norm, row_graph, row_count)
+            return out
         total = _graph_sums(s, row_graph, row_count.numel(), runs)  # (B,)
         scale = row_count / total
         w = s * scale.index_select(0, row_graph)  # (M,)
         ctx.save_for_backward(w, scale, norm, row_graph, row_count)
-        ctx.rows, ctx.runs = rows, runs
         return norm * (w if rows.to_key is None else w.index_select(0, rows.to_key))
 
     @staticmethod
     def backward(ctx, grad):
         w, scale, norm, row_graph, row_count = ctx.saved_tensors
         rows: ScorerRows = ctx.rows
+        if ctx.fused:
+            position = rows.key_position if rows.to_key is not None else _EMPTY_INDEX
+            grad_s = _fused_kernels(w).scorer_values_backward(grad, w, scale, norm, position, ctx.runs, row_count)
+            return grad_s, None, None, None, None, None
         gk = grad * norm  # (E,)
         if rows.to_key is None:
             gw = gk
@@ -354,6 +372,32 @@ class RelationalGraph:
         slots = num_nodes * num_relations
         # int32 when every index fits, the scorers' ``N + dst`` bags included.
         idx = torch.int32 if max(slots, num_edges, 2 * num_nodes) <= _INT32_MAX else torch.int64
+        kernels = _fused_kernels(edge_index, edge_type) if paired and edge_index.dtype == torch.int64 else None
+        if kernels is not None:  # one counting sort (cmcrec.models.kernels); the same arrays
+            ok, *parts = kernels.paired_graph_build(
+                src, dst, edge_type, num_nodes, num_relations, mean_over == "node", idx
+            )
+            if not ok:
+                raise _not_paired(num_edges)
+            key_perm, key_crow, key_col, src_crow, src_col, dst_crow, t_perm, key_sorted, norm_sorted, position = parts
+            return cls(
+                num_nodes=num_nodes,
+                num_relations=num_relations,
+                src=src,
+                dst=dst,
+                key_perm=key_perm,
+                key_crow=key_crow,
+                key_col=key_col,
+                src_crow=src_crow,
+                src_col=src_col,
+                dst_crow=dst_crow,
+                t_perm=t_perm,
+                key_sorted=key_sorted,
+                norm_sorted=norm_sorted,
+                paired=True,
+                mean_over=mean_over,
+                _cache={"key_position": position},
+            )
         key = dst.to(idx) * num_relations + edge_type.to(idx)  # (E,)
         key_perm = torch.sort(_narrow_keys(key, slots, idx), stable=True).indices
         key_sorted = key.index_select(0, key_perm)
@@ -367,10 +411,7 @@ class RelationalGraph:
                 and torch.equal(dst[:half], src[half:])
                 and torch.equal(edge_type[:half], edge_type[half:])
             ):
-                raise ValueError(
-                    "paired=True needs edge e + E/2 to be edge e reversed with the same type "
-                    f"(the extract_subgraphs layout); got {num_edges} edges that are not laid out so"
-                )
+                raise _not_paired(num_edges)
             # A^T's rows are sources; the reverse of the edge at key position p has source dst_sorted[p],
             # so the reverses of the key order are already sorted by source: A^T's p-th nonzero is the
             # reverse of A's p-th, and its key position is the inverse permutation read at the reverse.
@@ -474,10 +515,14 @@ class RelationalGraph:
             raise ValueError("dropout_undirected needs a graph built with paired=True")
         half = self.num_edges // 2
         keep_half = torch.rand(half, generator=generator, device=self.src.device) >= p
+        per_slot = self.mean_over == "relation"
+        kernels = _fused_kernels(self.key_perm)
+        if kernels is not None:  # one pass per slot or node (cmcrec.models.kernels); the same values
+            crow = self.key_crow if per_slot else self.dst_crow
+            return replace(self, norm_sorted=kernels.paired_dropout_norm(keep_half, self.key_perm, crow))
         keep_sorted = keep_half.index_select(0, self.key_half)  # (E,) both directions of a rating alike
         # Kept edges per slot (or per node): key order is slot order and node order, so a running
         # count read at the row pointers.
-        per_slot = self.mean_over == "relation"
         crow, group = (self.key_crow, self.key_sorted) if per_slot else (self.dst_crow, self.dst_sorted)
         running = crow.new_zeros(self.num_edges + 1)
         torch.cumsum(keep_sorted, 0, out=running[1:])
@@ -517,22 +562,33 @@ class RelationalGraph:
                 raise ValueError("per-rating edge scores need a graph built with paired=True")
             half = self.num_edges // 2
             src, dst = self.src[:half], self.dst[:half]
-            # Key order groups edges by destination. Its first-half edges are the ratings grouped by
-            # their destination; its second-half edges are the reversed ratings, grouped by the
-            # destination of the reverse, i.e. by the rating's source.
-            first = self.key_perm < half
-            if bool((src[1:] >= src[:-1]).all()):  # ratings already grouped by source (extract_subgraphs)
-                src_col = torch.arange(half, dtype=idx, device=src.device)
+            kernels = _fused_kernels(self.src, self.dst, self.key_perm)
+            if kernels is not None:  # one pass over the ratings and one over the key order; the same arrays
+                src_crow, src_col, dst_crow, dst_col, pairs, key_half = kernels.paired_scorer_rows(
+                    self.src, self.dst, self.key_perm, n, idx
+                )
+                self._cache.setdefault("key_half", key_half)
             else:
-                src_col = self.key_perm.index_select(0, _nonzero(~first)).sub_(half).to(idx)
+                # Key order groups edges by destination. Its first-half edges are the ratings grouped by
+                # their destination; its second-half edges are the reversed ratings, grouped by the
+                # destination of the reverse, i.e. by the rating's source.
+                first = self.key_perm < half
+                if bool((src[1:] >= src[:-1]).all()):  # ratings already grouped by source (extract_subgraphs)
+                    src_col = torch.arange(half, dtype=idx, device=src.device)
+                else:
+                    src_col = self.key_perm.index_select(0, _nonzero(~first)).sub_(half).to(idx)
+                src_crow = _crow(torch.bincount(src, minlength=n), idx)
+                dst_crow = _crow(torch.bincount(dst, minlength=n), idx)
+                dst_col = self.key_perm.index_select(0, _nonzero(first)).to(idx)
+                pairs = torch.stack([src, dst + n], 1).to(idx)
             rows = ScorerRows(
                 src=src,
                 dst=dst,
-                src_crow=_crow(torch.bincount(src, minlength=n), idx),
+                src_crow=src_crow,
                 src_col=src_col,
-                dst_crow=_crow(torch.bincount(dst, minlength=n), idx),
-                dst_col=self.key_perm.index_select(0, _nonzero(first)).to(idx),
-                pairs=torch.stack([src, dst + n], 1).to(idx),
+                dst_crow=dst_crow,
+                dst_col=dst_col,
+                pairs=pairs,
                 to_key=self.key_half,
                 key_position=self.key_position,
             )
@@ -808,23 +864,39 @@ class _EdgeSum(torch.autograd.Function):
 class _EdgeMLP(torch.autograd.Function):
     """``v · relu(a[src_m] + b[dst_m])`` for every scorer row: ``(M,)``.
 
-    One ``(M, H)`` buffer is built (a fused gather-add, then ReLU in place) and
-    kept for the backward. The backward's scatters to ``a`` and ``b`` are CSR
-    products with pre-sorted incidence patterns instead of ``index_add_``, and
-    ``v`` is factored out of them: ``Σ_m 1[h_m > 0] g_m v = v ⊙ Σ_m 1[h_m > 0] g_m``,
-    so no ``g ⊗ v`` buffer is built.
+    On CPU in float32/float64 the fused kernels of :mod:`cmcrec.models.kernels`
+    do each direction in one pass over the rows, with no ``(M, H)`` buffer.
+    Otherwise (GPU, half precision, kernels unavailable) one ``(M, H)`` buffer
+    is built (a fused gather-add, then ReLU in place) and kept for the
+    backward, whose scatters to ``a`` and ``b`` are CSR products with
+    pre-sorted incidence patterns instead of ``index_add_``, with ``v``
+    factored out of them: ``Σ_m 1[h_m > 0] g_m v = v ⊙ Σ_m 1[h_m > 0] g_m``, so
+    no ``g ⊗ v`` buffer is built.
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, v: torch.Tensor, rows: ScorerRows) -> torch.Tensor:
-        hid = rows.gather_sum(a, b).relu_()  # (M, H)
-        ctx.save_for_backward(hid, v)
         ctx.rows = rows
         ctx.num_nodes = a.shape[0]
+        kernels = _fused_kernels(a, b, v)
+        ctx.fused = kernels is not None
+        if ctx.fused:
+            ctx.save_for_backward(a, b, v)
+            return kernels.edge_mlp_forward(a, b, v, rows.pairs)
+        hid = rows.gather_sum(a, b).relu_()  # (M, H)
+        ctx.save_for_backward(hid, v)
         return hid @ v
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        rows: ScorerRows = ctx.rows
+        if ctx.fused:
+            a, b, v = ctx.saved_tensors
+            kernels = _fused_kernels(a, b, v)
+            grad_a, grad_b, grad_v = kernels.edge_mlp_backward(
+                grad, a, b, v, rows.pairs, rows.src_crow, rows.src_col, rows.dst_crow, rows.dst_col
+            )
+            return grad_a, grad_b, grad_v, None
         hid, v = ctx.saved_tensors
         dtype = _compute_dtype(hid)
         hid = hid.to(dtype)  # half-precision under autocast: the backward runs in float32
@@ -834,9 +906,29 @@ class _EdgeMLP(torch.autograd.Function):
         # so its sign is that indicator: two contiguous passes, several times faster on CPU than
         # ReLU's backward kernel reading a broadcast gradient.
         masked = hid.sign().mul_(grad.unsqueeze(1))  # (M, H)
-        grad_a, grad_b = ctx.rows.scatter(masked, ctx.num_nodes)
+        grad_a, grad_b = rows.scatter(masked, ctx.num_nodes)
         v = v.to(dtype)
         return grad_a.mul_(v), grad_b.mul_(v), grad_v, None
+
+
+def _not_paired(num_edges: int) -> ValueError:
+    return ValueError(
+        "paired=True needs edge e + E/2 to be edge e reversed with the same type "
+        f"(the extract_subgraphs layout); got {num_edges} edges that are not laid out so"
+    )
+
+
+def _fused_kernels(*tensors: torch.Tensor):
+    """The compiled CPU kernels when they apply to ``tensors`` (CPU, one dtype: float32, float64 or int64),
+    else ``None``."""
+    t = tensors[0]
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64, torch.int64):
+        return None
+    if any(x.device.type != "cpu" or x.dtype != t.dtype for x in tensors):
+        return None
+    from cmcrec.models.kernels import cpu_kernels
+
+    return cpu_kernels()
 
 
 class EdgeScorer(nn.Module):
