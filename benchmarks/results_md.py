@@ -288,6 +288,21 @@ def main() -> None:
             ],
         ),
         (
+            "throughput_ab_kernels.json",
+            "Throughput with the fused CPU kernels off and on (one commit, same machine state)",
+            [
+                "round",
+                "code",
+                "igmc_train_subgraphs_per_s",
+                "igmc_compute_subgraphs_per_s",
+                "mccl_train_subgraphs_per_s",
+                "mccl_compute_subgraphs_per_s",
+                "mccl-lin_train_subgraphs_per_s",
+                "mccl-lin_compute_subgraphs_per_s",
+                "peak_rss_mb",
+            ],
+        ),
+        (
             "igmc_reference_check.json",
             "IGMC at the public implementation's settings (5 epochs)",
             [

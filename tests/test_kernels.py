@@ -199,3 +199,36 @@ def test_fused_dropout_equals_pytorch_dropout(monkeypatch, mean_over):
     reference = graph.dropout_undirected(0.4, torch.Generator().manual_seed(11)).norm_sorted
     assert torch.equal(fused, reference)
     assert 0 < int((fused == 0).sum()) < fused.numel()  # some dropped, some kept
+
+
+@needs_compiler
+def test_mccl_trains_the_same_with_and_without_the_kernels(monkeypatch):
+    """Five Adam steps of a small MCCL (edge dropout, scorers, sampled view-2 terms) on hand-drawn
+    subgraphs: the same losses and weights, to float rounding, on either path."""
+    from test_igmc_mccl import GRAPHS, R, make_batch
+
+    from cmcrec.models.configs import MCCLConfig
+    from cmcrec.models.mccl import MCCL
+
+    batch = make_batch(GRAPHS * 4)
+    cfg = MCCLConfig(hidden_channels=8, num_layers=3, head_hidden=16, dropout=0.0, latent_channels=8)
+
+    def train():
+        torch.manual_seed(0)
+        model = MCCL(cfg, R, 4, 1.0, 5.0).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        losses = []
+        for _ in range(5):
+            loss, _ = model.loss(batch, model(batch))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        return torch.stack(losses), [p.detach().clone() for p in model.parameters()]
+
+    fused_losses, fused_params = train()
+    monkeypatch.setattr(layers, "_fused_kernels", lambda *t: None)
+    losses, params = train()
+    torch.testing.assert_close(fused_losses, losses, rtol=1e-5, atol=1e-6)
+    for a, b in zip(fused_params, params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
