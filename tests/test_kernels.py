@@ -232,3 +232,12 @@ def test_mccl_trains_the_same_with_and_without_the_kernels(monkeypatch):
     torch.testing.assert_close(fused_losses, losses, rtol=1e-5, atol=1e-6)
     for a, b in zip(fused_params, params, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_compiler
+def test_fused_graph_build_names_an_out_of_range_index():
+    edge_index, edge_type, node_graph = _subgraph_batch(graphs=1, nodes=10, ratings=8, relations=3, seed=12)
+    with pytest.raises(RuntimeError, match="edge type is outside"):
+        RelationalGraph.build(edge_index, edge_type + 3, node_graph.numel(), 3, paired=True)
+    with pytest.raises(RuntimeError, match="node index is outside"):
+        RelationalGraph.build(edge_index, edge_type, node_graph.numel() - 5, 3, paired=True)

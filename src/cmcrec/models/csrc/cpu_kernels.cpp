@@ -319,9 +319,10 @@ std::vector<torch::Tensor> paired_graph_build(torch::Tensor src, torch::Tensor d
     // Counting sort by key, stable: counts, exclusive prefix sums, then each edge to its slot's cursor.
     std::vector<int64_t> cursor(slots + 1, 0);
     for (int64_t e = 0; e < edges; ++e) {
-      const int64_t k = pd[e] * num_relations + pt[e];
-      TORCH_CHECK(k >= 0 && k < slots && ps[e] >= 0 && ps[e] < num_nodes, "paired_graph_build: index out of range");
-      ++cursor[k + 1];
+      TORCH_CHECK(ps[e] >= 0 && ps[e] < num_nodes && pd[e] >= 0 && pd[e] < num_nodes,
+                  "paired_graph_build: a node index is outside [0, num_nodes)");
+      TORCH_CHECK(pt[e] >= 0 && pt[e] < num_relations, "paired_graph_build: an edge type is outside [0, R)");
+      ++cursor[pd[e] * num_relations + pt[e] + 1];
     }
     for (int64_t k = 0; k < slots; ++k) cursor[k + 1] += cursor[k];
     for (int64_t k = 0; k <= slots; ++k) crow[k] = static_cast<index_t>(cursor[k]);
