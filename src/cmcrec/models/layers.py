@@ -380,66 +380,51 @@ class RelationalGraph:
             if not ok:
                 raise _not_paired(num_edges)
             key_perm, key_crow, key_col, src_crow, src_col, dst_crow, t_perm, key_sorted, norm_sorted, position = parts
-            return cls(
-                num_nodes=num_nodes,
-                num_relations=num_relations,
-                src=src,
-                dst=dst,
-                key_perm=key_perm,
-                key_crow=key_crow,
-                key_col=key_col,
-                src_crow=src_crow,
-                src_col=src_col,
-                dst_crow=dst_crow,
-                t_perm=t_perm,
-                key_sorted=key_sorted,
-                norm_sorted=norm_sorted,
-                paired=True,
-                mean_over=mean_over,
-                _cache={"key_position": position},
-            )
-        key = dst.to(idx) * num_relations + edge_type.to(idx)  # (E,)
-        key_perm = torch.sort(_narrow_keys(key, slots, idx), stable=True).indices
-        key_sorted = key.index_select(0, key_perm)
-        key_col = src.to(idx).index_select(0, key_perm)
-        key_counts = torch.bincount(key, minlength=slots)
-        dst_counts = key_counts.view(num_nodes, num_relations).sum(1)
-        if paired:
-            half = num_edges // 2
-            if num_edges % 2 or not (
-                torch.equal(src[:half], dst[half:])
-                and torch.equal(dst[:half], src[half:])
-                and torch.equal(edge_type[:half], edge_type[half:])
-            ):
-                raise _not_paired(num_edges)
-            # A^T's rows are sources; the reverse of the edge at key position p has source dst_sorted[p],
-            # so the reverses of the key order are already sorted by source: A^T's p-th nonzero is the
-            # reverse of A's p-th, and its key position is the inverse permutation read at the reverse.
-            position = torch.empty(num_edges, dtype=idx, device=src.device)  # key position of each edge
-            position.scatter_(0, key_perm, torch.arange(num_edges, dtype=idx, device=src.device))
-            t_perm = torch.cat([position[half:], position[:half]]).index_select(0, key_perm)
-            src_counts = dst_counts
         else:
-            t_perm = torch.sort(key_col, stable=True).indices.to(idx)
-            src_counts = torch.bincount(src, minlength=num_nodes)
-        # 1 / |N_r(dst)| per slot (or 1 / |N(dst)| per node), then read per edge (a gather of E floats,
-        # no E-long division).
-        if mean_over == "relation":
-            norm_sorted = key_counts.to(torch.float32).clamp_(min=1).reciprocal_().index_select(0, key_sorted)
-        else:
-            per_node = dst_counts.to(torch.float32).clamp_(min=1).reciprocal_()
-            norm_sorted = per_node.repeat_interleave(dst_counts, output_size=num_edges)
+            key = dst.to(idx) * num_relations + edge_type.to(idx)  # (E,)
+            key_perm = torch.sort(_narrow_keys(key, slots, idx), stable=True).indices
+            key_sorted = key.index_select(0, key_perm)
+            key_col = src.to(idx).index_select(0, key_perm)
+            key_counts = torch.bincount(key, minlength=slots)
+            dst_counts = key_counts.view(num_nodes, num_relations).sum(1)
+            if paired:
+                half = num_edges // 2
+                if num_edges % 2 or not (
+                    torch.equal(src[:half], dst[half:])
+                    and torch.equal(dst[:half], src[half:])
+                    and torch.equal(edge_type[:half], edge_type[half:])
+                ):
+                    raise _not_paired(num_edges)
+                # A^T's rows are sources; the reverse of the edge at key position p has source dst_sorted[p],
+                # so the reverses of the key order are already sorted by source: A^T's p-th nonzero is the
+                # reverse of A's p-th, and its key position is the inverse permutation read at the reverse.
+                position = torch.empty(num_edges, dtype=idx, device=src.device)  # key position of each edge
+                position.scatter_(0, key_perm, torch.arange(num_edges, dtype=idx, device=src.device))
+                t_perm = torch.cat([position[half:], position[:half]]).index_select(0, key_perm)
+                src_counts = dst_counts
+            else:
+                t_perm = torch.sort(key_col, stable=True).indices.to(idx)
+                src_counts = torch.bincount(src, minlength=num_nodes)
+            # 1 / |N_r(dst)| per slot (or 1 / |N(dst)| per node), then read per edge (a gather of E floats,
+            # no E-long division).
+            if mean_over == "relation":
+                norm_sorted = key_counts.to(torch.float32).clamp_(min=1).reciprocal_().index_select(0, key_sorted)
+            else:
+                per_node = dst_counts.to(torch.float32).clamp_(min=1).reciprocal_()
+                norm_sorted = per_node.repeat_interleave(dst_counts, output_size=num_edges)
+            key_crow, src_crow, dst_crow = (_crow(c, idx) for c in (key_counts, src_counts, dst_counts))
+            src_col = key_sorted.index_select(0, t_perm)
         return cls(
             num_nodes=num_nodes,
             num_relations=num_relations,
             src=src,
             dst=dst,
             key_perm=key_perm,
-            key_crow=_crow(key_counts, idx),
+            key_crow=key_crow,
             key_col=key_col,
-            src_crow=_crow(src_counts, idx),
-            src_col=key_sorted.index_select(0, t_perm),
-            dst_crow=_crow(dst_counts, idx),
+            src_crow=src_crow,
+            src_col=src_col,
+            dst_crow=dst_crow,
             t_perm=t_perm,
             key_sorted=key_sorted,
             norm_sorted=norm_sorted,
