@@ -241,3 +241,21 @@ def test_fused_graph_build_names_an_out_of_range_index():
         RelationalGraph.build(edge_index, edge_type + 3, node_graph.numel(), 3, paired=True)
     with pytest.raises(RuntimeError, match="node index is outside"):
         RelationalGraph.build(edge_index, edge_type, node_graph.numel() - 5, 3, paired=True)
+
+
+def test_the_ninja_package_is_put_on_path_for_the_build_only(monkeypatch):
+    """A virtual environment used without activating it has the ninja package's binary off PATH;
+    PyTorch's builder runs ``ninja`` from PATH."""
+    import os
+
+    import ninja
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(kernels.shutil, "which", lambda name: None)
+    with kernels._ninja_on_path():
+        assert os.environ["PATH"].split(os.pathsep) == [ninja.BIN_DIR, "/nonexistent"]
+        assert os.path.isfile(os.path.join(ninja.BIN_DIR, "ninja"))
+    assert os.environ["PATH"] == "/nonexistent"
+    monkeypatch.setattr(kernels.shutil, "which", lambda name: "/usr/bin/ninja")  # one on PATH: left alone
+    with kernels._ninja_on_path():
+        assert os.environ["PATH"] == "/nonexistent"

@@ -22,10 +22,12 @@ path to float rounding (``tests/test_kernels.py``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import platform
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -73,6 +75,28 @@ def _build_name() -> str:
     return "cmcrec_cpu_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _ninja_on_path():
+    """PyTorch's builder runs ``ninja`` from ``PATH``. The ``ninja`` package installs it beside the
+    environment's Python, which is off ``PATH`` when a virtual environment is used without being
+    activated (``.venv/bin/cmcrec ...``): put it there for the build, then restore ``PATH``."""
+    old = os.environ.get("PATH")
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + (old or "")
+        except ImportError:
+            pass
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = old
+
+
 def cpu_kernels() -> ModuleType | None:
     """The compiled kernels, or ``None`` where they are disabled or cannot be built (warned once)."""
     global _module, _tried
@@ -89,14 +113,15 @@ def cpu_kernels() -> ModuleType | None:
         build_dir.mkdir(parents=True, exist_ok=True)
         if not (build_dir / f"{name}.so").exists():
             log.warning("compiling cmcrec's fused CPU kernels into %s (once, about 30 s)", build_dir)
-        _module = cpp_extension.load(
-            name,
-            [str(_SOURCE)],
-            build_directory=str(build_dir),
-            extra_cflags=_CFLAGS,
-            extra_ldflags=_LDFLAGS,
-            verbose=False,
-        )
+        with _ninja_on_path():
+            _module = cpp_extension.load(
+                name,
+                [str(_SOURCE)],
+                build_directory=str(build_dir),
+                extra_cflags=_CFLAGS,
+                extra_ldflags=_LDFLAGS,
+                verbose=False,
+            )
     except Exception as err:  # any build or load failure means: use the PyTorch path
         warnings.warn(
             f"cmcrec: the fused CPU kernels could not be built or loaded ({type(err).__name__}: {err}); "
