@@ -179,7 +179,8 @@ def _warm_up(rec: Recommender) -> None:
     if not hasattr(rec.module, "fold_in") or not hasattr(rec.module, "score_all"):
         _ = rec.candidate_generator  # subgraph models re-rank its candidates
     if len(rec.users) and len(rec.items):
-        # One tiny prediction exercises the whole path (and any lazy state inside the module).
+        # One tiny prediction exercises the whole path (and any lazy state inside the module, the fused CPU
+        # kernels' one-time build included: cmcrec.models.kernels).
         rec.predict_indices(np.zeros(1, np.int64), np.zeros(1, np.int64))
 
 
