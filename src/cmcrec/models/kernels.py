@@ -5,12 +5,15 @@ MCCL's edge scorer runs a one-hidden-layer MLP over every rating of a batch
 PyTorch that is an ``(M, H)`` gather, a ReLU, a product, and in the backward a
 mask and two sparse products over another ``(M, H)`` buffer.
 ``csrc/cpu_kernels.cpp`` does each direction in one pass over the rows,
-without the buffer (see :class:`cmcrec.models.layers.EdgeScorer`).
+without the buffer (see :class:`cmcrec.models.layers.EdgeScorer`). It also
+holds the scorers' per-subgraph rescaling, the paired batch graph's counting
+sort, edge dropout's recount and the per-rating scorer rows
+(:class:`cmcrec.models.layers.RelationalGraph`; ``docs/ARCHITECTURE.md``).
 
 The source is compiled with :func:`torch.utils.cpp_extension.load` (a C++
 compiler and ``ninja`` are needed; both are in the default Linux set-up) into
-the user cache folder, once per source, PyTorch, Python and CPU, and loaded from
-there afterwards. ``-march=native`` lets the compiler vectorise the branch-free
+the user cache folder (``$CMCREC_KERNEL_CACHE`` moves it), once per source,
+PyTorch, Python and CPU, and loaded from there afterwards. ``-march=native`` lets the compiler vectorise the branch-free
 loops for this CPU; the CPU's feature flags are part of the cache key, so a
 shared home folder never loads a build made for another CPU.
 
