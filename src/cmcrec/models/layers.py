@@ -206,9 +206,8 @@ class _ScorerValues(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s, norm, rows: ScorerRows, row_graph, row_count, runs):
         ctx.rows, ctx.runs = rows, runs
-        kernels = _fused_kernels(s, norm, row_count) if runs is not None else None
-        ctx.fused = kernels is not None
-        if ctx.fused:  # one pass per subgraph and one over the operator (cmcrec.models.kernels)
+        ctx.kernels = kernels = _fused_kernels(s, norm, row_count) if runs is not None else None
+        if kernels is not None:  # one pass per subgraph and one over the operator (cmcrec.models.kernels)
             to_key = rows.to_key if rows.to_key is not None else _EMPTY_INDEX
             out, w, scale = kernels.scorer_values_forward(s, norm, to_key, runs, row_count)
             ctx.save_for_backward(w, scale, norm, row_graph, row_count)
@@ -223,9 +222,9 @@ class _ScorerValues(torch.autograd.Function):
     def backward(ctx, grad):
         w, scale, norm, row_graph, row_count = ctx.saved_tensors
         rows: ScorerRows = ctx.rows
-        if ctx.fused:
+        if ctx.kernels is not None:
             position = rows.key_position if rows.to_key is not None else _EMPTY_INDEX
-            grad_s = _fused_kernels(w).scorer_values_backward(grad, w, scale, norm, position, ctx.runs, row_count)
+            grad_s = ctx.kernels.scorer_values_backward(grad, w, scale, norm, position, ctx.runs, row_count)
             return grad_s, None, None, None, None, None
         gk = grad * norm  # (E,)
         if rows.to_key is None:
@@ -863,9 +862,8 @@ class _EdgeMLP(torch.autograd.Function):
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, v: torch.Tensor, rows: ScorerRows) -> torch.Tensor:
         ctx.rows = rows
         ctx.num_nodes = a.shape[0]
-        kernels = _fused_kernels(a, b, v)
-        ctx.fused = kernels is not None
-        if ctx.fused:
+        ctx.kernels = kernels = _fused_kernels(a, b, v)
+        if kernels is not None:
             ctx.save_for_backward(a, b, v)
             return kernels.edge_mlp_forward(a, b, v, rows.pairs)
         hid = rows.gather_sum(a, b).relu_()  # (M, H)
@@ -875,10 +873,9 @@ class _EdgeMLP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         rows: ScorerRows = ctx.rows
-        if ctx.fused:
+        if ctx.kernels is not None:
             a, b, v = ctx.saved_tensors
-            kernels = _fused_kernels(a, b, v)
-            grad_a, grad_b, grad_v = kernels.edge_mlp_backward(
+            grad_a, grad_b, grad_v = ctx.kernels.edge_mlp_backward(
                 grad, a, b, v, rows.pairs, rows.src_crow, rows.src_col, rows.dst_crow, rows.dst_col
             )
             return grad_a, grad_b, grad_v, None
