@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -87,6 +88,25 @@ def test_fit_or_load_reuses_only_matching_models(tmp_path):
     # A different config is retrained, not silently reused.
     other = fit_or_load("mf", split.train, model_config("mf", None, None, {"epochs": 3}), ctx, tmp_path, "m")
     assert len(other.training["history"]) == 3
+
+
+def test_fit_or_load_retrains_when_only_who_rated_what_changed(tmp_path, monkeypatch):
+    """Same ratings in the same order, but given by other users: another training set, so a refit."""
+    from cmcrec.recommender import Recommender
+
+    split = low_rank_split(seed=6)
+    config = model_config("mf", None, None, {"epochs": 2})
+    ctx = RunContext(seed=0, progress=False)
+    fits = []
+    fit = Recommender.fit
+    monkeypatch.setattr(Recommender, "fit", lambda *a, **k: fits.append(1) or fit(*a, **k))
+    fit_or_load("mf", split.train, config, ctx, tmp_path, "m")
+    fit_or_load("mf", split.train, config, ctx, tmp_path, "m")
+    assert len(fits) == 1  # the saved model (read back from disk) was reused
+    relabel = np.roll(np.arange(len(split.train.users)), 1)  # user u's ratings now belong to u + 1
+    moved = dataclasses.replace(split.train, user=relabel[split.train.user])
+    fit_or_load("mf", moved, config, ctx, tmp_path, "m")
+    assert len(fits) == 2
 
 
 class _Killed(Exception):

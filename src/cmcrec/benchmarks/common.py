@@ -80,7 +80,7 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     path = None if models_dir is None else Path(models_dir) / key
     if path is not None and (path / "manifest.json").is_file():
         rec = Recommender.load(path, device="cpu" if context.device == "auto" else context.device)
-        same_data = len(rec.train) == len(train) and bool((rec.train.rating == train.rating).all())
+        same_data = len(rec.train) == len(train) and _ratings_digest(rec.train) == _ratings_digest(train)
         if rec.config == config and same_data and rec.training.get("seed") == context.seed:
             return rec
     if path is None:
