@@ -7,6 +7,7 @@ makes the layers run it. Float64 gradchecks of the fused path run in
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -141,6 +142,21 @@ def test_builds_for_another_cpu_or_torch_never_share_a_folder(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(torch, "__version__", "0.0.0")
     assert kernels._build_name() != name
+
+
+def test_loading_a_build_prunes_only_siblings_unused_for_a_month(tmp_path):
+    now = 1_800_000_000.0
+    month = kernels.STALE_BUILD_SECONDS
+    current, recent, stale = (tmp_path / f"cmcrec_cpu_{n}" for n in ("cur", "recent", "stale"))
+    other = tmp_path / "not_ours"  # the cache folder may hold other things: never touched
+    for folder in (current, recent, stale, other):
+        folder.mkdir()
+        (folder / "x.so").write_bytes(b"")
+        os.utime(folder, (now - 2 * month, now - 2 * month))
+    os.utime(recent, (now - month + 60, now - month + 60))  # another venv used it 29 days ago
+    kernels._mark_used_and_prune(current, now=now)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmcrec_cpu_cur", "cmcrec_cpu_recent", "not_ours"]
+    assert current.stat().st_mtime == now  # stamped: its own age restarts
 
 
 @needs_compiler

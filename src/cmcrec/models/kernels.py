@@ -32,6 +32,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -44,6 +45,8 @@ KERNELS_ENV = "CMCREC_CPU_KERNELS"
 _SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 _CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
+# A build unused this long (another source, PyTorch or Python) is deleted when a process loads its own.
+STALE_BUILD_SECONDS = 30 * 24 * 3600
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,7 @@ def cpu_kernels() -> ModuleType | None:
                 extra_ldflags=_LDFLAGS,
                 verbose=False,
             )
+        _mark_used_and_prune(build_dir)
     except Exception as err:  # any build or load failure means: use the PyTorch path
         warnings.warn(
             f"cmcrec: the fused CPU kernels could not be built or loaded ({type(err).__name__}: {err}); "
@@ -134,3 +138,20 @@ def cpu_kernels() -> ModuleType | None:
         )
         _module = None
     return _module
+
+
+def _mark_used_and_prune(build_dir: Path, now: float | None = None) -> None:
+    """Stamp ``build_dir`` as used now and delete its sibling builds unused for
+    :data:`STALE_BUILD_SECONDS`: each cmcrec upgrade or new PyTorch leaves a build behind,
+    while a build another environment still uses (a second venv on this machine) stays."""
+    now = time.time() if now is None else now
+    with contextlib.suppress(OSError):
+        os.utime(build_dir, (now, now))
+    try:
+        siblings = [p for p in build_dir.parent.glob("cmcrec_cpu_*") if p.is_dir() and p != build_dir]
+    except OSError:
+        return
+    for old in siblings:
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > STALE_BUILD_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
