@@ -13,7 +13,7 @@ from cmcrec.models.registry import DataSpec, get_model
 from cmcrec.recommender import Recommender
 from cmcrec.training.averaging import WeightAverage, average_decay
 from cmcrec.training.batching import PairBatcher
-from cmcrec.training.trainer import Trainer, epoch_batches, ordered_batches, resolve_device
+from cmcrec.training.trainer import Trainer, epoch_batches, flush_subnormals_, ordered_batches, resolve_device
 
 CFG = {"epochs": 6, "factors": 4, "lr": 0.02, "batch_size": 32, "patience": None}
 
@@ -248,3 +248,33 @@ def test_weight_average_resume_equals_uninterrupted(tmp_path):
 def test_ema_decay_out_of_range_names_the_field():
     with pytest.raises(ConfigError, match="ema_decay"):
         get_model("mf").make_config(CFG | {"ema_decay": 1.0})
+
+
+def test_flush_subnormals_zeroes_exactly_the_subnormal_values():
+    tiny = torch.finfo(torch.float32).tiny  # the smallest normal float32, about 1.2e-38
+    x = torch.tensor([1e-40, -1e-44, tiny, -tiny, 0.0, 1.0, -3e-30, 2.5e-38])
+    y = torch.tensor([1e-310, -1e-300, 1e-40], dtype=torch.float64)  # float64's own range
+    flush_subnormals_([x, y])
+    assert x.tolist() == [0.0, 0.0, tiny, -tiny, 0.0, 1.0, pytest.approx(-3e-30), pytest.approx(2.5e-38)]
+    assert y.tolist() == [0.0, -1e-300, 1e-40]
+
+
+def test_cpu_training_flushes_weights_moments_and_average_every_few_steps(monkeypatch):
+    """Why the trainer flushes: see flush_subnormals_ (subnormal floats slow x86 arithmetic many times)."""
+    from cmcrec.training import trainer as trainer_module
+
+    split = low_rank_split(seed=1)
+    spec = get_model("mf")
+    config = spec.make_config(CFG | {"epochs": 2, "weight_decay": 1e-3, "ema_decay": 0.9})
+    trainer = Trainer(spec.build(config, DataSpec.from_ratings(split.train)), config, RunContext(progress=False))
+    calls = []
+    monkeypatch.setattr(
+        trainer_module, "flush_subnormals_", lambda tensors: calls.append({t.data_ptr() for t in tensors})
+    )
+    trainer.fit(split.train, split.test, PairBatcher(seed=0), PairBatcher())
+    steps_per_epoch = len(epoch_batches(len(split.train), config.batch_size, 0, 0, 0, 1))
+    assert len(calls) == 2 * (steps_per_epoch // trainer_module.SUBNORMAL_FLUSH_STEPS) > 0
+    params = list(trainer.model.parameters())
+    moments = [s[k] for s in trainer.optimizer.state.values() for k in ("exp_avg", "exp_avg_sq")]
+    expected = {t.data_ptr() for t in params + moments + trainer.average.average}
+    assert len(moments) == 2 * len(params) and all(c == expected for c in calls)
