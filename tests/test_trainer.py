@@ -265,7 +265,7 @@ def test_cpu_training_flushes_weights_moments_and_average_every_few_steps(monkey
 
     split = low_rank_split(seed=1)
     spec = get_model("mf")
-    config = spec.make_config(CFG | {"epochs": 2, "weight_decay": 1e-3, "ema_decay": 0.9})
+    config = spec.make_config(CFG | {"epochs": 2, "batch_size": 20, "weight_decay": 1e-3, "ema_decay": 0.9})
     trainer = Trainer(spec.build(config, DataSpec.from_ratings(split.train)), config, RunContext(progress=False))
     calls = []
     monkeypatch.setattr(
@@ -273,6 +273,8 @@ def test_cpu_training_flushes_weights_moments_and_average_every_few_steps(monkey
     )
     trainer.fit(split.train, split.test, PairBatcher(seed=0), PairBatcher())
     steps_per_epoch = len(epoch_batches(len(split.train), config.batch_size, 0, 0, 0, 1))
+    # Counted per epoch (a resumed run flushes at the same steps): not (2 * steps) // 16.
+    assert steps_per_epoch % trainer_module.SUBNORMAL_FLUSH_STEPS >= trainer_module.SUBNORMAL_FLUSH_STEPS // 2
     assert len(calls) == 2 * (steps_per_epoch // trainer_module.SUBNORMAL_FLUSH_STEPS) > 0
     params = list(trainer.model.parameters())
     moments = [s[k] for s in trainer.optimizer.state.values() for k in ("exp_avg", "exp_avg_sq")]

@@ -46,10 +46,11 @@ def flush_subnormals_(tensors: list[torch.Tensor]) -> None:
     """Set the subnormal values of ``tensors`` (``0 < |x| < finfo.tiny``: 1.2e-38 in float32) to 0, in place.
 
     Why: x86 CPUs handle arithmetic on subnormal floats in microcode, many times slower. Under
-    weight decay, the weights of units whose data gradient is zero (a dead ReLU, a rating level no
-    edge has) shrink geometrically and spend thousands of steps in that range, with Adam's first
-    moment beside them: MCCL on Flixster with ``weight_decay=1e-3`` went from 9 to 38 s an epoch
-    within 20 epochs, about 7,000 weights and 8,500 moment values subnormal at epoch 12. No
+    weight decay, weights that get little or no gradient from the data (seen in the first layers of
+    the rating heads and in the edge scorers, as from dead ReLU units) decay towards zero and stay
+    in that range, with Adam's first moment beside them: MCCL on Flixster with ``weight_decay=1e-3``
+    went from 9 to 38 s an epoch within 20 epochs, about 7,000 weights and 8,500 moment values
+    subnormal at epoch 12. No
     prediction depends on a weight that small. ``torch.set_flush_denormal`` does this in hardware,
     but for the calling thread only: the OpenMP threads that run most of a step keep the slow mode.
     """
@@ -350,7 +351,6 @@ class Trainer:
         stopped_early = False
         amp = ctx.bf16 and self.device.type == "cuda"
         flush = self.device.type == "cpu"  # GPUs compute on subnormals at full speed
-        step = 0
         for epoch in range(self.start_epoch, cfg.epochs):
             if hasattr(train_batcher, "set_epoch"):
                 train_batcher.set_epoch(epoch)
@@ -367,7 +367,7 @@ class Trainer:
                 leave=False,
                 dynamic_ncols=True,
             )
-            for batch in bar:
+            for step, batch in enumerate(bar, 1):
                 batch = batch.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                     output = self.engine(batch)
@@ -379,7 +379,7 @@ class Trainer:
                 self.optimizer.step()
                 if self.average is not None:
                     self.average.update()
-                step += 1
+                # Counted within the epoch, so a run resumed at an epoch boundary flushes at the same steps.
                 if flush and step % SUBNORMAL_FLUSH_STEPS == 0:
                     flush_subnormals_(self._float_state())
                 b = batch.num_labelled  # rated targets weight the loss; ranking negatives only add subgraphs
