@@ -50,9 +50,9 @@ def flush_subnormals_(tensors: list[torch.Tensor]) -> None:
     the rating heads and in the edge scorers, as from dead ReLU units) decay towards zero and stay
     in that range, with Adam's first moment beside them: MCCL on Flixster with ``weight_decay=1e-3``
     went from 9 to 38 s an epoch within 20 epochs, about 7,000 weights and 8,500 moment values
-    subnormal at epoch 12. No
-    prediction depends on a weight that small. ``torch.set_flush_denormal`` does this in hardware,
-    but for the calling thread only: the OpenMP threads that run most of a step keep the slow mode.
+    subnormal at epoch 12 (counted by hand). No prediction depends on a weight that small.
+    ``torch.set_flush_denormal`` does this in hardware, but for the calling thread only: the
+    OpenMP threads that run most of a step keep the slow mode.
     """
     for t in tensors:
         t.masked_fill_(t.abs() < torch.finfo(t.dtype).tiny, 0.0)
