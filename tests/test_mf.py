@@ -53,6 +53,24 @@ def test_fold_in_matches_least_squares():
     np.testing.assert_allclose(factors.numpy(), sol[1:], rtol=1e-5, atol=1e-6)
 
 
+
+def test_fold_in_without_regularisation_fits_few_ratings_exactly():
+    """reg=0 with fewer ratings than unknowns: the normal equations are singular; fold-in
+    returns NumPy's minimum-norm least-squares solution, which reproduces the ratings."""
+    data = DataSpec(num_users=4, num_items=5, num_relations=5, rating_min=1, rating_max=5, global_mean=3.0)
+    torch.manual_seed(0)
+    m = BiasedMF.build(MFConfig(factors=3, init_std=0.5, reg=0.0), data)
+    items = torch.tensor([1, 4])
+    ratings = torch.tensor([5.0, 2.0])
+    bias, factors = m.fold_in(items, ratings)
+    q = m.item_factors.weight[items].detach().double().numpy()
+    resid = ratings.double().numpy() - 3.0 - m.item_bias.weight[items, 0].detach().double().numpy()
+    sol = np.linalg.pinv(np.hstack([np.ones((2, 1)), q])) @ resid
+    np.testing.assert_allclose(bias.item(), sol[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(factors.numpy(), sol[1:], rtol=1e-5, atol=1e-6)
+    fitted = bias.item() + q @ factors.double().numpy()
+    np.testing.assert_allclose(fitted, resid, atol=1e-5)
+
 def test_mf_learns_low_rank_data_better_than_bias():
     from synthetic import low_rank_split
 

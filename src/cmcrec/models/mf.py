@@ -160,7 +160,7 @@ class BiasedMF(RatingModel):
 
         Solves the regularised least-squares problem for the new user's bias and
         factor vector with the item parameters held fixed (one ridge regression,
-        the usual "fold-in").
+        the usual "fold-in"; with ``reg=0`` the minimum-norm least-squares fit).
 
         Args:
             items: int64 ``(n,)`` item indices the new user rated.
@@ -177,6 +177,11 @@ class BiasedMF(RatingModel):
             return resid.sum() / (n + self.config.reg_bias * n + 1e-9), torch.zeros(0, device=dev)
         q = self.item_factors(items).double()  # (n, F)
         design = torch.cat([torch.ones(n, 1, dtype=torch.float64, device=dev), q], dim=1)  # (n, 1 + F)
-        ridge = self.config.reg * max(n, 1) * torch.eye(1 + self.factors, dtype=torch.float64, device=dev)
-        sol = torch.linalg.solve(design.T @ design + ridge, design.T @ resid)
+        if self.config.reg > 0:
+            ridge = self.config.reg * max(n, 1) * torch.eye(1 + self.factors, dtype=torch.float64, device=dev)
+            sol = torch.linalg.solve(design.T @ design + ridge, design.T @ resid)
+        else:
+            # No ridge: fewer ratings than unknowns (the usual cold start) leaves the normal
+            # equations singular; the pseudo-inverse gives the minimum-norm least-squares fit.
+            sol = torch.linalg.pinv(design) @ resid
         return sol[0].float(), sol[1:].float()
