@@ -354,6 +354,55 @@ def test_sampled_exhausts_small_catalogue():
         evaluate_sampled(scorer, train, held, 4, rng=np.random.default_rng(0))
 
 
+
+def test_sampled_never_draws_excluded_items():
+    # u0 rated items 0 and 5 in training and 2 (held out) and 3 in the test split: with item 3 excluded
+    # the only unrated items are 1 and 4, so both are drawn and 3 never is.
+    train = make_ratings([(0, 0, 5), (0, 5, 1)], 1, 6)
+    test = make_ratings([(0, 2, 4), (0, 3, 5)], 1, 6, name="test")
+    held = make_ratings([(0, 2, 4)], 1, 6)
+    for seed in range(5):
+        scorer = TableScorer(np.zeros((1, 6)))
+        evaluate_sampled(scorer, train, held, 2, rng=np.random.default_rng(seed), exclude=test)
+        assert sorted(scorer.seen_items[0][0, 1:].tolist()) == [1, 4]
+    with pytest.raises(CmcrecError, match="only 2 unrated items"):
+        evaluate_sampled(scorer, train, held, 3, rng=np.random.default_rng(0), exclude=test)
+
+
+def test_evaluate_recommender_sampled_negatives_skip_other_test_items():
+    """The pipeline holds out each user's last test rating; the user's other test items are rated,
+    so they are never drawn among its 99 negatives."""
+    from dataclasses import replace
+
+    from cmcrec.data.ratings import Split
+    from cmcrec.evaluation.pipeline import evaluate_recommender
+
+    num_items = 120
+    train = make_ratings([(0, i, 3) for i in range(0, 5)] + [(1, i, 4) for i in range(5, 9)], 2, num_items)
+    test_rows = [(0, 10 + i, 5) for i in range(6)] + [(1, 20 + i, 5) for i in range(4)]
+    test = make_ratings(test_rows, 2, num_items, name="test")
+    test = replace(test, timestamp=np.arange(len(test), dtype=np.int64))
+    rated = interaction_matrix(train).toarray() | interaction_matrix(test).toarray()
+
+    class Fake:
+        seen: list = []
+
+        def predict_indices(self, users, items):
+            self.seen.append((np.asarray(users).copy(), np.asarray(items).copy()))
+            return np.zeros(len(users))
+
+        def rank(self, users, k, candidates):
+            return np.tile(np.arange(50, 50 + k), (len(users), 1))
+
+    rec = Fake()
+    out = evaluate_recommender(rec, Split(train, test), ks=(10,))
+    assert out["sampled_num_users"] == 2
+    users, items = rec.seen[-1]  # the sampled protocol's call: 2 users x 100 candidates
+    assert len(users) == 200
+    negatives = np.ones(200, dtype=bool)
+    negatives[::100] = False  # each user's held-out item comes first
+    assert not rated[users[negatives], items[negatives]].any()
+
 def test_sampled_rejects_bad_heldout():
     train = make_ratings([(0, 0, 5), (1, 1, 4)], 2, 6)
     with pytest.raises(CmcrecError, match="exactly one held-out item"):

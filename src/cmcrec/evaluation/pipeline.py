@@ -83,7 +83,12 @@ def evaluate_recommender(
         last = last.subset(data.train.num_items - rated[last.user] >= 100)
         if len(last):
             sampled_metrics = evaluate_sampled(
-                _Scorer(rec), data.train, last, num_negatives=99, rng=np.random.default_rng([seed, 99])
+                _Scorer(rec),
+                data.train,
+                last,
+                num_negatives=99,
+                rng=np.random.default_rng([seed, 99]),
+                exclude=data.test,  # the user's other test items are rated, not negatives
             )
             result |= {
                 ("sampled_num_users" if k == "num_users_evaluated" else k): v for k, v in sampled_metrics.items()

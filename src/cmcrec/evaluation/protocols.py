@@ -432,6 +432,7 @@ def evaluate_sampled(
     ks: Sequence[int] = (10,),
     ties: str = "pessimistic",
     user_batch: int = 1024,
+    exclude: Ratings | None = None,
 ) -> dict[str, float]:
     """The sampled (1 + ``num_negatives``) ranking protocol of the MCCL paper.
 
@@ -439,7 +440,7 @@ def evaluate_sampled(
     one item per user, normally the user's last rating by timestamp; its rating
     value is ignored (every held-out item counts as relevant). For each, we
     draw ``num_negatives`` *distinct* items, uniformly, among the items the user
-    rated neither in ``train`` nor in ``heldout``, score the held-out item
+    rated in none of ``train``, ``heldout`` and ``exclude``, score the held-out item
     (column 0) and its negatives with ``scorer``, and find the held-out item's
     0-based rank ``r`` among the ``1 + num_negatives`` candidates.
 
@@ -462,6 +463,9 @@ def evaluate_sampled(
         ks: cutoffs for NDCG and HR.
         ties: ``"pessimistic"`` or ``"expected"``.
         user_batch: users per ``scorer.score`` call.
+        exclude: more ratings whose items are never drawn as a user's negatives,
+            e.g. the rest of the test split when ``heldout`` is each user's last
+            test rating (an item the user rated is not an unrated negative).
 
     Returns:
         ``sampled_ndcg@k`` and ``sampled_hr@k`` for each ``k`` (``1/log2(r + 2)``
@@ -474,6 +478,8 @@ def evaluate_sampled(
             in ``train``, or a user has fewer than ``num_negatives`` unrated items.
     """
     _check_same_vocabularies(train, heldout, "evaluate_sampled")
+    if exclude is not None:
+        _check_same_vocabularies(train, exclude, "evaluate_sampled")
     ks = _check_ks(ks)
     if ties not in _TIES:
         raise CmcrecError(f"ties must be one of {_TIES}, got {ties!r}")
@@ -502,6 +508,8 @@ def evaluate_sampled(
             f"is also in {train.name!r}"
         )
     forbidden = np.union1d(train_keys, held_keys)
+    if exclude is not None:
+        forbidden = np.union1d(forbidden, _pair_keys(exclude.user, exclude.item, num_items))
     rated = np.bincount(forbidden // num_items, minlength=train.num_users)[users]
     short = num_items - rated < num_negatives
     if short.any():
