@@ -53,7 +53,6 @@ def test_fold_in_matches_least_squares():
     np.testing.assert_allclose(factors.numpy(), sol[1:], rtol=1e-5, atol=1e-6)
 
 
-
 def test_fold_in_without_regularisation_fits_few_ratings_exactly():
     """reg=0 with fewer ratings than unknowns: the normal equations are singular; fold-in
     returns NumPy's minimum-norm least-squares solution, which reproduces the ratings."""
@@ -70,6 +69,7 @@ def test_fold_in_without_regularisation_fits_few_ratings_exactly():
     np.testing.assert_allclose(factors.numpy(), sol[1:], rtol=1e-5, atol=1e-6)
     fitted = bias.item() + q @ factors.double().numpy()
     np.testing.assert_allclose(fitted, resid, atol=1e-5)
+
 
 def test_mf_learns_low_rank_data_better_than_bias():
     from synthetic import low_rank_split

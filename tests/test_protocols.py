@@ -354,7 +354,6 @@ def test_sampled_exhausts_small_catalogue():
         evaluate_sampled(scorer, train, held, 4, rng=np.random.default_rng(0))
 
 
-
 def test_sampled_never_draws_excluded_items():
     # u0 rated items 0 and 5 in training and 2 (held out) and 3 in the test split: with item 3 excluded
     # the only unrated items are 1 and 4, so both are drawn and 3 never is.
@@ -402,6 +401,7 @@ def test_evaluate_recommender_sampled_negatives_skip_other_test_items():
     negatives = np.ones(200, dtype=bool)
     negatives[::100] = False  # each user's held-out item comes first
     assert not rated[users[negatives], items[negatives]].any()
+
 
 def test_sampled_rejects_bad_heldout():
     train = make_ratings([(0, 0, 5), (1, 1, 4)], 2, 6)
