@@ -258,3 +258,33 @@ def test_real_uvicorn_server(model_dir):
         server.should_exit = True
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_a_bug_is_answered_with_the_documented_json_500(model_dir, monkeypatch):
+    app = create_app(model_dir, **LIMITS)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.state.recommender, "recommend", broken)
+    r = TestClient(app, raise_server_exceptions=False).post("/recommend", json={"user": "u0", "k": 3})
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["error"] == "internal_error"
+    assert "boom" not in r.text  # no internals leak to the client
+
+
+def test_new_user_ratings_naming_one_item_twice_are_refused(client):
+    """Ids are looked up as strings, so two keys that print alike (1 and "1" where ids are digits)
+    name one item: refused, naming it, instead of fitting two conflicting ratings."""
+    import re
+
+    from cmcrec.errors import CmcrecError
+
+    class Alias:  # a key that is not "i1" but prints as it
+        def __str__(self) -> str:
+            return "i1"
+
+    rec = client.app.state.recommender
+    with pytest.raises(CmcrecError, match=re.escape("item 'i1' is rated more than once")):
+        rec.recommend_for_ratings({"i1": 5.0, Alias(): 1.0, "i2": 3.0}, k=3)

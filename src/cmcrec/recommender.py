@@ -320,14 +320,26 @@ class Recommender:
     def _parse_new_ratings(self, ratings: Mapping[object, float]) -> tuple[np.ndarray, np.ndarray]:
         if not ratings:
             raise CmcrecError("ratings: give at least one (item, rating) pair")
-        idx = self.items.lookup(list(ratings))
+        keys = list(ratings)
+        idx = self.items.lookup(keys)
+        uniq, counts = np.unique(idx, return_counts=True)
+        if (counts > 1).any():
+            j = int(uniq[counts > 1][0])
+            twice = [k for k, i in zip(keys, idx, strict=True) if i == j]
+            raise CmcrecError(f"ratings: item {self.items.ids[j]!r} is rated more than once (as {twice!r})")
         vals = np.asarray([float(v) for v in ratings.values()], dtype=np.float32)
-        bad = self.train.scale.invalid(vals)
+        scale = self.train.scale
+        bad = scale.invalid(vals)
         if bad.any():
-            item = list(ratings)[int(np.nonzero(bad)[0][0])]
+            item = keys[int(np.nonzero(bad)[0][0])]
+            value = ratings[item]
+            if scale.minimum <= float(value) <= scale.maximum:  # inside the range, between two levels
+                levels = ", ".join(f"{v:g}" for v in scale.levels)
+                raise CmcrecError(
+                    f"ratings: rating {value!r} for item {item!r} is not one of the scale's levels ({levels})"
+                )
             raise CmcrecError(
-                f"ratings: rating {ratings[item]!r} for item {item!r} is outside the scale "
-                f"{self.train.scale.minimum:g}..{self.train.scale.maximum:g}"
+                f"ratings: rating {value!r} for item {item!r} is outside the scale {scale.minimum:g}..{scale.maximum:g}"
             )
         return idx, vals
 

@@ -260,6 +260,12 @@ def _add_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input: the client still gets the documented JSON error; Starlette
+        # re-raises the exception after this response, so the server logs its traceback.
+        return _error(500, "internal_error", "internal server error (a bug; the traceback is in the server log)")
+
 
 class _BodySizeLimit:
     """Refuse request bodies over ``max_bytes`` with 413 before they are read into memory and parsed.
