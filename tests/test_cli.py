@@ -50,6 +50,32 @@ def test_data_info_embedded_default_offline(capsys, tmp_path, monkeypatch):
     assert (info["num_users"], info["num_items"], info["num_ratings"]) == (16554, 10506, 100000)
 
 
+def test_data_info_by_name_from_inside_the_data_dir(capsys, tmp_path, monkeypatch):
+    """A folder named like the dataset in the working directory is the dataset, not a ratings file."""
+    (tmp_path / "movietweetings-100k").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CMCREC_DATA_DIR", str(tmp_path))
+    code, out, err = run(capsys, "data", "info", "movietweetings-100k", "--json")
+    assert code == 0, err
+    assert one_json(out)["num_ratings"] == 100000
+
+
+def test_data_info_sep_flag(capsys, tmp_path):
+    path = tmp_path / "r.txt"
+    path.write_text("1\t10\t4\n2\t10\t5\n2\t11\t3\n")
+    code, out, err = run(capsys, "data", "info", str(path), "--sep", "\\t", "--json")  # as a shell passes '\t'
+    assert code == 0, err
+    assert one_json(out)["num_ratings"] == 3
+    for argv, message in [
+        (["--sep", ""], "--sep must not be empty"),
+        (["--duplicates", "bogus"], "--duplicates must be one of error, last, mean"),
+    ]:
+        code, out, err = run(capsys, "data", "info", str(path), *argv)
+        assert code == 2 and message in err and "Traceback" not in err
+    code, out, err = run(capsys, "data", "info", "movietweetings-100k", "--sep", ",")
+    assert code == 2 and "--sep applies to a ratings file" in err
+
+
 def test_data_list(capsys, tmp_path):
     code, out, _ = run(capsys, "data", "list", "--data-dir", str(tmp_path), "--json")
     assert code == 0
@@ -154,3 +180,13 @@ def test_train_recommend_evaluate_end_to_end(capsys, tmp_path, ratings_csv):
     ]:
         code, out, err = run(capsys, "recommend", "--model", str(out_dir), *argv)
         assert code == 2 and message in err, (argv, err)
+
+
+@pytest.mark.parametrize("study", ["blog", "robustness"])
+def test_study_split_defaults_to_the_datasets_own(capsys, study):
+    """No --split: the dataset's canonical split, not ML-100K's u1 (checked before any data is read:
+    the bad --device is the first complaint)."""
+    code, out, err = run(
+        capsys, "benchmark", study, "--dataset", "movietweetings-100k", "--models", "mf", "--device", "tpu"
+    )
+    assert code == 2 and "--split" not in err and "--device" in err, err

@@ -96,6 +96,31 @@ def test_whitespace_only_file(tmp_path):
     raises_at(path, None, "file is empty")
 
 
+def test_only_line_separators(tmp_path):
+    # \x1c and \x1d end lines for Python but are not whitespace to bytes.strip().
+    path = tmp_path / "r.txt"
+    path.write_bytes(b"\x1c\x1d\x1c")
+    raises_at(path, None, "no non-blank line")
+
+
+def test_damaged_gzip(tmp_path):
+    import gzip
+
+    packed = bytearray(gzip.compress(b"1\t10\t4\n2\t10\t5\n" * 200))
+    packed[20:40] = b"\xff" * 20  # inside the deflate stream: zlib, not OSError, reports it
+    path = tmp_path / "r.tsv.gz"
+    path.write_bytes(bytes(packed))
+    raises_at(path, None, "cannot decompress gzip file")
+
+
+def test_empty_delimiter_is_refused(tmp_path):
+    from cmcrec.errors import ConfigError
+
+    path = write(tmp_path / "r.csv", "1,10,4\n")
+    with pytest.raises(ConfigError, match="delimiter must not be empty"):
+        read_table(path, delimiter="")
+
+
 def test_header_only(tmp_path):
     path = write(tmp_path / "r.csv", "user,item,rating\n")
     raises_at(path, None, "header but no data rows", header=True)

@@ -110,11 +110,21 @@ def data_info(
     as_json: JsonFlag = False,
 ) -> None:
     """Summary statistics of a dataset or ratings file."""
-    from cmcrec.data.datasets import load_ratings
+    from cmcrec.data.datasets import _is_dataset_name, load_ratings
+    from cmcrec.data.loaders import DUPLICATE_POLICIES
 
-    options: dict = {} if sep is None else {"delimiter": sep}
-    if Path(name).exists():
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ConfigError(f"--duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {duplicates!r}")
+    options: dict = {}
+    if sep is not None:
+        sep = {"\\t": "\t", "tab": "\t"}.get(sep, sep)  # a shell passes --sep '\t' as backslash-t
+        if not sep:
+            raise ConfigError("--sep must not be empty (give '\\t' or tab for a tab)")
+        options["delimiter"] = sep
+    if not _is_dataset_name(name):  # a file (a folder named like a dataset is still the dataset)
         options["duplicates"] = duplicates
+    elif sep is not None:
+        raise ConfigError(f"--sep applies to a ratings file, not to the dataset {name!r}")
     ratings = load_ratings(name, data_dir=data_dir, **options)
     info = ratings.info()
     _emit(info, as_json, "\n".join(f"{k:<26} {v}" for k, v in info.items()))

@@ -210,7 +210,7 @@ def _emit_rows(payload: dict, as_json: bool, table) -> None:
 @bench_app.command("robustness")
 def robustness(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset name.")] = "ml-100k",
-    split: Annotated[str | None, typer.Option("--split", help="Split (default: the dataset's canonical one).")] = "u1",
+    split: Annotated[str | None, typer.Option("--split", help="Split (default: the dataset's canonical one).")] = None,
     models: Annotated[str, typer.Option("--models", help="Comma-separated model names.")] = "mf,igmc,mccl",
     noise: Annotated[
         str, typer.Option("--noise", help="Comma-separated noise shares, in percent of the training ratings.")
@@ -340,7 +340,7 @@ def cold_start(
 @bench_app.command("blog")
 def blog(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset name.")] = "ml-100k",
-    split: Annotated[str | None, typer.Option("--split", help="Split (default: the dataset's canonical one).")] = "u1",
+    split: Annotated[str | None, typer.Option("--split", help="Split (default: the dataset's canonical one).")] = None,
     models: Annotated[str, typer.Option("--models", help="Comma-separated model names, plus 'popularity'.")] = (
         "mf,mccl,igmc,mccl-v1,mccl-v2,mccl-nocl,popularity"
     ),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from os import PathLike
@@ -99,7 +100,7 @@ def _read_bytes(path: Path) -> bytes:
         try:
             with gzip.open(path, "rb") as f:
                 return f.read()
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"cannot decompress gzip file: {e}", path=path) from None
     return path.read_bytes()
 
@@ -244,11 +245,14 @@ def _parse_text(
     header: bool | None,
     encoding: str,
 ) -> _RawTable:
+    if delimiter is not None and not delimiter:
+        raise ConfigError("delimiter must not be empty")
     data = _read_bytes(path)
-    if not data.strip():
-        raise DataError("file is empty", path=path)
     text_head = data[:65536].decode(encoding, errors="replace").splitlines()
-    first_number, first_line = next((n, s) for n, s in enumerate(text_head, start=1) if s.strip())
+    first = next(((n, s) for n, s in enumerate(text_head, start=1) if s.strip()), None)
+    if first is None:
+        raise DataError("file is empty" if not data.strip() else "has no non-blank line in its first 64 KiB", path=path)
+    first_number, first_line = first
     given = delimiter
     if delimiter is None:
         delimiter = _guess_delimiter(path, first_line)
@@ -628,7 +632,8 @@ def read_table(
             Default: from the suffix (``.csv``, ``.tsv``) or the first of ``::``,
             tab, ``,``, ``;``, ``|`` found in the first line.
         header: whether the first non-blank line names the columns. Default:
-            True when ``columns`` maps to names, else False.
+            True when ``columns`` maps to names; otherwise detected from that
+            line (a header when its rating field is not a number).
         scale: the rating scale; every rating must lie on it. Default: inferred
             from the data with :meth:`RatingScale.infer`.
         duplicates: what to do with a repeated (user, item) pair: ``"error"``
