@@ -61,6 +61,44 @@ def test_atomic_directory_replaces_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_atomic_directory_ignores_a_crashed_process_leftover(tmp_path):
+    """A stale .out.old-<pid> folder from a crash whose pid this process now has does not block a save."""
+    import os
+
+    target = tmp_path / "out"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+    stale = tmp_path / f".out.old-{os.getpid()}"
+    stale.mkdir()
+    (stale / "junk").write_text("x")
+    with atomic_directory(target) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert [p.name for p in target.iterdir()] == ["b.txt"]
+
+
+def test_atomic_directory_restores_the_old_artifact_if_the_final_move_fails(tmp_path, monkeypatch):
+    import os
+
+    import cmcrec.artifacts as artifacts
+
+    target = tmp_path / "out"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+    real = os.replace
+
+    def fail_on_new(src, dst):
+        if str(src).endswith(".tmp"):
+            raise OSError("disk gone")
+        return real(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "replace", fail_on_new)
+    with pytest.raises(OSError, match="disk gone"):
+        with atomic_directory(target) as tmp:
+            (tmp / "b.txt").write_text("2")
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     split = low_rank_split(seed=4)
@@ -95,6 +133,7 @@ def test_unknown_version_refused(saved, tmp_path):
         (lambda d: (d / "model.safetensors").write_bytes(b"garbage"), "cannot read safetensors"),
         (lambda d: (d / "manifest.json").write_text("{not json"), "invalid JSON"),
         (lambda d: (d / "manifest.json").write_text("[]"), "not a cmcrec model manifest"),
+        (lambda d: (d / "vocab.json").write_bytes(b'{"users": ["\xff"]}'), "vocab.json: not UTF-8"),
     ],
 )
 def test_damaged_artifacts_refused(saved, tmp_path, damage, message):

@@ -126,6 +126,11 @@ def test_bad_config_file(capsys, tmp_path):
     cfg.write_text('{"factors": 4,\n oops}')
     code, _, err = run(capsys, "train", "--model", "mf", "--config", str(cfg))
     assert code == 2 and "c.json:2" in err
+    code, _, err = run(capsys, "train", "--model", "mf", "--config", str(tmp_path))
+    assert code == 2 and "is a directory" in err and "Traceback" not in err
+    cfg.write_bytes(b'{"factors": "\xff"}')
+    code, _, err = run(capsys, "train", "--model", "mf", "--config", str(cfg))
+    assert code == 2 and "not UTF-8" in err and "Traceback" not in err
 
 
 def test_train_recommend_evaluate_end_to_end(capsys, tmp_path, ratings_csv):

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,6 +81,10 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path}: not UTF-8 text (byte {e.start}); not a cmcrec file") from None
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 @contextmanager
@@ -96,9 +101,14 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, _umask_mode(0o777))
         if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            # A fresh name: a leftover from a crashed process (whose pid may repeat) cannot block it.
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
             os.replace(final, old)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)  # put the previous artifact back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)

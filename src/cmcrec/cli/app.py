@@ -13,7 +13,7 @@ import numpy as np
 import typer
 
 from cmcrec.cli.bench import bench_app
-from cmcrec.cli.options import Candidates, DataDir, Device, Workers
+from cmcrec.cli.options import Candidates, DataDir, Device, Workers, read_config_json
 from cmcrec.config import RunContext
 from cmcrec.data.ratings import Split
 from cmcrec.data.splits import subsample
@@ -146,15 +146,7 @@ def _config_overrides(
 
     overrides: dict[str, Any] = preset_overrides(preset, fields) if preset else {}
     if config_file is not None:
-        try:
-            loaded = json.loads(config_file.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"--config: {config_file}: file not found") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--config: {config_file}:{e.lineno}: invalid JSON: {e.msg}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config: {config_file}: expected a JSON object of config fields")
-        overrides.update(loaded)
+        overrides.update(read_config_json(config_file))
     if epochs is not None:
         if epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {epochs}")

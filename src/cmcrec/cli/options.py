@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from cmcrec.errors import ConfigError
 
 DataDir = Annotated[
     Path | None,
@@ -19,3 +22,22 @@ Candidates = Annotated[
         "--candidates", help="Items the candidate generator proposes for subgraph models to re-rank (0 = all)."
     ),
 ]
+
+
+def read_config_json(path: Path, flag: str = "--config") -> dict[str, Any]:
+    """The JSON object in ``path``; any problem is a ConfigError naming the flag and the file."""
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{flag}: {path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{flag}: {path}: is a directory, expected a JSON file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{flag}: {path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{flag}: {path}: cannot read: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{flag}: {path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{flag}: {path}: expected a JSON object of config fields")
+    return loaded

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from cmcrec.cli.options import read_config_json
 from cmcrec.errors import ConfigError
 
 
@@ -43,15 +44,7 @@ def _ints(value: str, flag: str) -> list[int]:
 def _fixed(config: Path | None) -> dict:
     if config is None:
         return {}
-    try:
-        loaded = json.loads(config.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--config: {config}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--config: {config}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"--config: {config}: expected a JSON object of config fields")
-    return loaded
+    return read_config_json(config)
 
 
 def report_command(
