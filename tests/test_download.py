@@ -90,6 +90,47 @@ def test_unreachable_url_is_a_data_error(tmp_path, server):
     assert list((tmp_path / "data").iterdir()) == []
 
 
+def test_existing_folder_without_u_data_is_named(tmp_path, server):
+    url, digest = server
+    data_dir = tmp_path / "data"
+    (data_dir / "ml-100k").mkdir(parents=True)
+    (data_dir / "ml-100k" / "u.item").write_text("left over\n")
+    with pytest.raises(DataError, match="exists but has no u.data"):
+        download_ml100k(data_dir, url=url, sha256=digest)
+    assert [p.name for p in data_dir.iterdir()] == ["ml-100k"]  # the download's temporary files are gone
+
+
+class _CutShort(http.server.BaseHTTPRequestHandler):
+    """Promises 1,000 bytes, sends 10 and hangs up."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"0123456789")
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_connection_cut_mid_body_is_a_data_error(tmp_path):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutShort)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(
+            DataError, match=r"^http://[^ ]+/x.zip: download cut short: the connection closed 990 bytes early$"
+        ):
+            download_ml100k(tmp_path / "data", url=f"http://127.0.0.1:{httpd.server_address[1]}/x.zip", sha256="0" * 64)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+    assert list((tmp_path / "data").iterdir()) == []
+
+
 def test_bad_sha256_argument():
     with pytest.raises(ConfigError, match="64 hexadecimal"):
         download_ml100k("/nonexistent", sha256="abc")

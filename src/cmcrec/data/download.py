@@ -11,6 +11,7 @@ directory as it was.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import shutil
@@ -47,8 +48,14 @@ def _fetch(url: str, out, timeout: float) -> str:
             while chunk := response.read(_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise DataError(f"download failed: {e}", path=url) from None
+            missing = getattr(response, "length", None)  # bytes the server promised but never sent
+            if missing:
+                raise DataError(f"download cut short: the connection closed {missing:,} bytes early", path=url)
+    except DataError:
+        raise
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+        # HTTPException covers a connection cut mid-body (IncompleteRead), which is not an OSError.
+        raise DataError(f"download failed: {e or repr(e)}", path=url) from None
     return digest.hexdigest()
 
 
@@ -113,7 +120,10 @@ def download_ml100k(
         except OSError:
             # Another process finished first: use its copy if it is complete.
             if not (target / "u.data").is_file():
-                raise
+                raise DataError(
+                    f"{target} exists but has no u.data; remove or complete that folder, then download again",
+                    path=target,
+                ) from None
         return target
     finally:
         Path(zip_name).unlink(missing_ok=True)
