@@ -185,8 +185,24 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
 
 def test_non_integer_timestamp(tmp_path):
     path = write(tmp_path / "r.dat", "1::10::4::100\n2::10::5::12.5\n")
-    err = raises_at(path, 2, r"timestamp '12\.5' is not an integer")
+    err = raises_at(path, 2, r"timestamp '12\.5' is neither an integer")
     assert err.field == "timestamp"
+
+
+def test_timestamp_neither_number_nor_date(tmp_path):
+    path = write(tmp_path / "r.csv", "user,item,rating,date\n1,10,4,2013-01-01\n2,10,5,yesterday\n")
+    err = raises_at(path, 3, r"timestamp 'yesterday' is neither an integer \(Unix seconds\) nor an ISO 8601 date")
+    assert err.field == "timestamp"
+
+
+def test_parquet_nullable_integer_timestamp_with_a_gap(tmp_path):
+    path = tmp_path / "r.parquet"
+    pd.DataFrame(
+        {"user": [1, 2, 3], "item": [2, 2, 2], "rating": [3.0, 4.0, 4.0], "timestamp": pd.array([5, None, 7], "Int64")}
+    ).to_parquet(path)
+    with pytest.raises(DataError, match="row 2: timestamp is missing") as info:
+        read_table(path)
+    assert info.value.field == "timestamp"
 
 
 def test_empty_user_field(tmp_path):

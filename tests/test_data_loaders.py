@@ -84,6 +84,31 @@ def test_read_table_parquet(tmp_path):
     assert r.timestamp.tolist() == [1, 2, 3]
 
 
+def test_text_dates_become_unix_seconds(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text(
+        "user,item,rating,date\n1,10,4,1970-01-02\n2,10,5,2013-01-01T00:00:01\n3,11,2,1970-01-01T01:00:00+01:00\n"
+    )
+    assert read_table(path).timestamp.tolist() == [86400, 1356998401, 0]
+
+
+def test_parquet_zoned_datetimes_become_unix_seconds(tmp_path):
+    path = tmp_path / "r.parquet"
+    stamps = pd.to_datetime(["1970-01-01T02:00:00+02:00", "1970-01-02T00:00:00+00:00"], utc=True)
+    pd.DataFrame({"user": [1, 2], "item": [3, 3], "rating": [1.0, 2.0], "timestamp": stamps}).to_parquet(path)
+    assert read_table(path).timestamp.tolist() == [0, 86400]
+
+
+def test_integer_like_ids_sort_numerically_and_others_do_not_crash():
+    from cmcrec.data.ratings import Vocabulary
+
+    vocab, codes = Vocabulary.encode(["10", "-2", "3"])
+    assert vocab.to_list() == ["-2", "3", "10"]
+    assert codes.tolist() == [2, 0, 1]
+    vocab, _ = Vocabulary.encode(["--5", "3", "\u00b2"])  # not integers for int(): sorted as text
+    assert vocab.to_list() == ["--5", "3", "\u00b2"]
+
+
 def test_duplicates_last_uses_timestamp_then_file_order(tmp_path):
     path = write(tmp_path / "r.csv", "1,10,4,200\n1,10,2,100\n2,10,5,1\n2,10,3,1\n1,11,1,5\n")
     r = read_table(path, duplicates="last")

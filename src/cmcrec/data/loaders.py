@@ -397,27 +397,43 @@ def _parse_ratings(col: pd.Series, path: Path, lines: np.ndarray | None, field: 
 
 
 def _parse_timestamps(col: pd.Series, path: Path, lines: np.ndarray | None, field: str = "timestamp") -> np.ndarray:
-    """Timestamps as int64 Unix seconds; datetimes are converted, fractions are an error."""
+    """Timestamps as int64 Unix seconds.
+
+    Integers are Unix seconds; datetimes, and text columns whose values are all
+    ISO 8601 dates (``2013-01-01``, ``2013-01-01T10:00:00``), are converted (a
+    date without a time zone is taken as UTC). Fractions and gaps are errors.
+    """
+    if col.isna().any():
+        row = int(np.argmax(col.isna().to_numpy()))
+        raise _located(path, lines, row, "timestamp is missing", field)
     if pd.api.types.is_datetime64_any_dtype(col):
-        if col.isna().any():
-            row = int(np.argmax(col.isna().to_numpy()))
-            raise _located(path, lines, row, "timestamp is missing", field)
-        return (col.astype("datetime64[s]").astype("int64")).to_numpy(dtype=np.int64)
+        return _datetimes_to_seconds(col)
     if pd.api.types.is_integer_dtype(col):
         return col.to_numpy(dtype=np.int64)
     text = col.astype(str).str.strip()
     values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(values) | (np.floor(values) != values)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise _located(
-            path,
-            lines,
-            row,
-            f"timestamp {text.iloc[row]!r} is not an integer (Unix seconds)",
-            field,
-        )
-    return pd.to_numeric(text).to_numpy(dtype=np.int64)
+    if not bad.any():
+        return pd.to_numeric(text).to_numpy(dtype=np.int64)
+    if np.isnan(values).all():  # no number at all: perhaps dates
+        dates = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+        if not dates.isna().any():
+            return _datetimes_to_seconds(dates)
+        bad = dates.isna().to_numpy()
+    row = int(np.argmax(bad))
+    raise _located(
+        path,
+        lines,
+        row,
+        f"timestamp {text.iloc[row]!r} is neither an integer (Unix seconds) nor an ISO 8601 date",
+        field,
+    )
+
+
+def _datetimes_to_seconds(col: pd.Series) -> np.ndarray:
+    if getattr(col.dt, "tz", None) is not None:
+        col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+    return col.astype("datetime64[s]").astype("int64").to_numpy(dtype=np.int64)
 
 
 def _parse_parquet(path: Path, columns: Mapping[str, str | int] | None) -> _RawTable:

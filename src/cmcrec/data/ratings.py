@@ -9,6 +9,7 @@ user or item in both.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -17,6 +18,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cmcrec.errors import CmcrecError, ConfigError, DataError, UnknownIdError
+
+_INTEGER_ID = re.compile(r"-?[0-9]+")  # ASCII only: "²".isdigit() is true but int("²") fails
 
 
 class Vocabulary:
@@ -47,7 +50,7 @@ class Vocabulary:
         """
         strings = pd.Series(values).astype(str).to_numpy(dtype=object)
         codes, uniques = pd.factorize(strings, sort=True)
-        if all(u.lstrip("-").isdigit() for u in uniques):
+        if all(_INTEGER_ID.fullmatch(u) for u in uniques):
             order = np.asarray(sorted(range(len(uniques)), key=lambda j: (int(uniques[j]), uniques[j])))
             rank = np.empty_like(order)
             rank[order] = np.arange(len(order))
