@@ -186,6 +186,10 @@ def test_train_recommend_evaluate_end_to_end(capsys, tmp_path, ratings_csv):
         code, out, err = run(capsys, "recommend", "--model", str(out_dir), *argv)
         assert code == 2 and message in err, (argv, err)
 
+    # Another dataset's vocabularies: refused, naming it, without a "--split None".
+    code, out, err = run(capsys, "evaluate", "--model", str(out_dir), "--dataset", "movietweetings-100k")
+    assert code == 2 and "do not match those of movietweetings-100k" in err and "None" not in err, err
+
 
 @pytest.mark.parametrize("study", ["blog", "robustness"])
 def test_study_split_defaults_to_the_datasets_own(capsys, study):

@@ -121,6 +121,11 @@ def test_empty_delimiter_is_refused(tmp_path):
         read_table(path, delimiter="")
 
 
+def test_trailing_delimiter_is_pointed_out(tmp_path):
+    path = write(tmp_path / "r.txt", "1,10,4,\n2,10,5,\n")
+    raises_at(path, 1, "empty timestamp field .*a trailing one makes an empty last field")
+
+
 def test_header_only(tmp_path):
     path = write(tmp_path / "r.csv", "user,item,rating\n")
     raises_at(path, None, "header but no data rows", header=True)

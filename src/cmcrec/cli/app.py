@@ -319,7 +319,11 @@ def evaluate(
         rec = Recommender.load(path, device="cpu" if device == "auto" else device)
         data = _load_split(dataset, split, data_dir, seed)
         if data.train.users != rec.users or data.train.items != rec.items:
-            raise ConfigError(f"--model {model}: its vocabularies do not match --dataset {dataset} --split {split}")
+            raise ConfigError(
+                f"--model {model}: its users and items do not match those of {data.name} "
+                f"(--dataset {dataset}{'' if split is None else f' --split {split}'}); "
+                "give the dataset and split it was trained on"
+            )
         # Score against what the model was trained on (it may be a --max-train-ratings sample).
         data = Split(rec.train, data.test, name=data.name)
         model_name = rec.model_name

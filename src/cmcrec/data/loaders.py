@@ -348,7 +348,13 @@ def _parse_text(
                     path=path,
                     line=line,
                 )
-            raise DataError(f"empty {key} field", path=path, line=line, field=key)
+            hint = ""
+            if key == "timestamp" and positions[key] == num_fields - 1 and text.rstrip().endswith(delimiter):
+                hint = (
+                    f" (the line ends with the delimiter {_delimiter_name(delimiter)}: "
+                    "a trailing one makes an empty last field)"
+                )
+            raise DataError(f"empty {key} field{hint}", path=path, line=line, field=key)
 
     rating = _parse_ratings(cols["rating"], path, lines)
     timestamp = None
