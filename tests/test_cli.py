@@ -199,3 +199,33 @@ def test_study_split_defaults_to_the_datasets_own(capsys, study):
         capsys, "benchmark", study, "--dataset", "movietweetings-100k", "--models", "mf", "--device", "tpu"
     )
     assert code == 2 and "--split" not in err and "--device" in err, err
+
+
+def test_file_flags_reach_train_and_evaluate(capsys, tmp_path, ratings_csv):
+    """A repeated (user, item) pair stops training with a hint naming --duplicates; the flag fixes it."""
+    dup = tmp_path / "dup.csv"
+    lines = ratings_csv.read_text().splitlines()
+    dup.write_text("\n".join([*lines, lines[1]]) + "\n")
+    argv = ["--model", "mf", "--dataset", str(dup), "--epochs", "1", "--json"]
+    code, out, err = run(capsys, "train", *argv)
+    assert code == 2 and "--duplicates" in err and "Traceback" not in err, err
+    code, out, err = run(capsys, "train", *argv, "--duplicates", "last", "--no-evaluate")
+    assert code == 0, err
+    code, out, err = run(capsys, "evaluate", *argv, "--duplicates", "last")
+    assert code == 0, err
+    code, out, err = run(capsys, "train", "--model", "mf", "--dataset", "movietweetings-100k", "--duplicates", "last")
+    assert code == 2 and "--duplicates applies to a ratings file" in err
+
+
+def test_data_download(capsys, tmp_path, monkeypatch):
+    import cmcrec.data.download as dl
+
+    calls = []
+    monkeypatch.setattr(dl, "download_ml100k", lambda root: calls.append(root) or root / "ml-100k")
+    code, out, err = run(capsys, "data", "download", "ml-100k", "--data-dir", str(tmp_path), "--json")
+    assert code == 0, err
+    assert calls == [tmp_path] and one_json(out) == {"dataset": "ml-100k", "path": str(tmp_path / "ml-100k")}
+    code, out, err = run(capsys, "data", "download", "douban", "--data-dir", str(tmp_path))
+    assert code == 2 and "no public download" in err and not calls[1:]
+    code, out, err = run(capsys, "data", "download", "nope")
+    assert code == 2 and "unknown dataset 'nope'" in err

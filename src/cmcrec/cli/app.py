@@ -13,7 +13,16 @@ import numpy as np
 import typer
 
 from cmcrec.cli.bench import bench_app
-from cmcrec.cli.options import Candidates, DataDir, Device, Workers, read_config_json
+from cmcrec.cli.options import (
+    Candidates,
+    DataDir,
+    Device,
+    Duplicates,
+    Sep,
+    Workers,
+    file_options,
+    read_config_json,
+)
 from cmcrec.config import RunContext
 from cmcrec.data.ratings import Split
 from cmcrec.data.splits import subsample
@@ -99,33 +108,36 @@ def data_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
         typer.echo(f"{r['name']:<22} {mark:<10} {r.get('description', '')}")
 
 
+@data_app.command("download")
+def data_download(
+    name: Annotated[str, typer.Argument(help="Dataset to fetch: ml-100k (the only one with a public download).")],
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Fetch a dataset into the data dir (checksum verified; nothing half-written on failure)."""
+    from cmcrec.data.datasets import DATASETS, resolve_data_dir
+    from cmcrec.data.download import download_ml100k
+
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    if not DATASETS[name].downloadable:
+        raise ConfigError(f"{name} has no public download; get it from {DATASETS[name].source}")
+    folder = download_ml100k(resolve_data_dir(data_dir))
+    _emit({"dataset": name, "path": str(folder)}, as_json, f"{name}: {folder}")
+
+
 @data_app.command("info")
 def data_info(
     name: Annotated[str, typer.Argument(help="Dataset name or path to a ratings file.")],
     data_dir: DataDir = None,
-    sep: Annotated[str | None, typer.Option("--sep", help="Field delimiter of a text file (default: sniffed).")] = None,
-    duplicates: Annotated[
-        str, typer.Option("--duplicates", help="Repeated (user, item) pairs in a file: error, last or mean.")
-    ] = "error",
+    sep: Sep = None,
+    duplicates: Duplicates = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Summary statistics of a dataset or ratings file."""
-    from cmcrec.data.datasets import _is_dataset_name, load_ratings
-    from cmcrec.data.loaders import DUPLICATE_POLICIES
+    from cmcrec.data.datasets import load_ratings
 
-    if duplicates not in DUPLICATE_POLICIES:
-        raise ConfigError(f"--duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {duplicates!r}")
-    options: dict = {}
-    if sep is not None:
-        sep = {"\\t": "\t", "tab": "\t"}.get(sep, sep)  # a shell passes --sep '\t' as backslash-t
-        if not sep:
-            raise ConfigError("--sep must not be empty (give '\\t' or tab for a tab)")
-        options["delimiter"] = sep
-    if not _is_dataset_name(name):  # a file (a folder named like a dataset is still the dataset)
-        options["duplicates"] = duplicates
-    elif sep is not None:
-        raise ConfigError(f"--sep applies to a ratings file, not to the dataset {name!r}")
-    ratings = load_ratings(name, data_dir=data_dir, **options)
+    ratings = load_ratings(name, data_dir=data_dir, **file_options(name, sep, duplicates))
     info = ratings.info()
     _emit(info, as_json, "\n".join(f"{k:<26} {v}" for k, v in info.items()))
 
@@ -133,10 +145,10 @@ def data_info(
 # -- train / evaluate ---------------------------------------------------------------------------------
 
 
-def _load_split(dataset: str, split: str | None, data_dir: Path | None, seed: int):
+def _load_split(dataset: str, split: str | None, data_dir: Path | None, seed: int, options: dict[str, Any]):
     from cmcrec.data.datasets import load_split
 
-    return load_split(dataset, split=split, data_dir=data_dir, seed=seed)
+    return load_split(dataset, split=split, data_dir=data_dir, seed=seed, **options)
 
 
 def _config_overrides(
@@ -169,8 +181,9 @@ def fit_model(
     out: Path | None,
     resume: bool,
     quiet: bool,
+    table_options: dict[str, Any] | None = None,
 ):
-    """Load data, train, return (recommender, split)."""
+    """Load data, train, return (recommender, split). ``table_options`` read a ratings file."""
     from cmcrec.models.registry import get_model
     from cmcrec.recommender import Recommender
     from cmcrec.training.trainer import resolve_device
@@ -183,7 +196,7 @@ def fit_model(
         raise ConfigError(f"--max-train-ratings must be >= 2, got {max_train_ratings}")
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     config = spec.make_config(_config_overrides(config_file, epochs, preset, fields), source="--config")
-    data = _load_split(dataset, split, data_dir, seed)
+    data = _load_split(dataset, split, data_dir, seed, table_options or {})
     train = subsample(data.train, max_train_ratings, seed)
     if train is not data.train:
         # The model's training data is the sample: evaluation excludes (and counts as seen) only those ratings.
@@ -234,6 +247,8 @@ def train(
     rank_users: RankUsers = None,
     k: Ks = "10",
     data_dir: DataDir = None,
+    sep: Sep = None,
+    duplicates: Duplicates = None,
     seed: Seed = 0,
     device: Device = "auto",
     num_workers: Workers = 0,
@@ -242,6 +257,7 @@ def train(
     """Train a model, save it with --out, and report test metrics."""
     if resume and out is None:
         raise ConfigError("--resume needs --out (the checkpoint lives beside it)")
+    options = file_options(dataset, sep, duplicates)
     ks = _parse_ks(k)
     _check_rank_users(rank_users)
     from cmcrec.evaluation.pipeline import evaluate_recommender
@@ -261,6 +277,7 @@ def train(
         out,
         resume,
         quiet=False,
+        table_options=options,
     )
     from cmcrec.training.distributed import shutdown
 
@@ -303,6 +320,8 @@ def evaluate(
     rank_users: RankUsers = None,
     k: Ks = "5,10,20",
     data_dir: DataDir = None,
+    sep: Sep = None,
+    duplicates: Duplicates = None,
     seed: Seed = 0,
     device: Device = "auto",
     num_workers: Workers = 0,
@@ -312,12 +331,13 @@ def evaluate(
     from cmcrec.evaluation.pipeline import evaluate_recommender
     from cmcrec.recommender import Recommender
 
+    options = file_options(dataset, sep, duplicates)
     ks = _parse_ks(k)
     _check_rank_users(rank_users)
     path = Path(model)
     if path.is_dir():
         rec = Recommender.load(path, device="cpu" if device == "auto" else device)
-        data = _load_split(dataset, split, data_dir, seed)
+        data = _load_split(dataset, split, data_dir, seed, options)
         if data.train.users != rec.users or data.train.items != rec.items:
             raise ConfigError(
                 f"--model {model}: its users and items do not match those of {data.name} "
@@ -343,6 +363,7 @@ def evaluate(
             None,
             False,
             quiet=as_json,
+            table_options=options,
         )
         if not context.is_main:  # under torchrun only rank 0 evaluates and prints
             from cmcrec.training.distributed import shutdown

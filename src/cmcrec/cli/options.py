@@ -23,6 +23,40 @@ Candidates = Annotated[
     ),
 ]
 
+Sep = Annotated[
+    str | None,
+    typer.Option("--sep", help="Field delimiter of a ratings file (default: sniffed; '\\t' or tab for a tab)."),
+]
+Duplicates = Annotated[
+    str | None,
+    typer.Option("--duplicates", help="Repeated (user, item) pairs in a ratings file: error (default), last or mean."),
+]
+
+
+def file_options(dataset: str, sep: str | None, duplicates: str | None) -> dict[str, Any]:
+    """``read_table`` options from --sep / --duplicates, checked before any data is read.
+
+    Both apply to ratings files only; given with a named dataset they are an error.
+    """
+    from cmcrec.data.datasets import DATASETS
+    from cmcrec.data.loaders import DUPLICATE_POLICIES
+
+    options: dict[str, Any] = {}
+    if sep is not None:
+        sep = {"\\t": "\t", "tab": "\t"}.get(sep, sep)  # a shell passes --sep '\t' as backslash-t
+        if not sep:
+            raise ConfigError("--sep must not be empty (give '\\t' or tab for a tab)")
+        options["delimiter"] = sep
+    if duplicates is not None:
+        if duplicates not in DUPLICATE_POLICIES:
+            raise ConfigError(f"--duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {duplicates!r}")
+        options["duplicates"] = duplicates
+    if options and dataset in DATASETS:  # a folder named like a dataset is still the dataset
+        given = [f for f, v in (("--sep", sep), ("--duplicates", duplicates)) if v is not None]
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ConfigError(f"{' and '.join(given)} {verb} to a ratings file, not to the dataset {dataset!r}")
+    return options
+
 
 def read_config_json(path: Path, flag: str = "--config") -> dict[str, Any]:
     """The JSON object in ``path``; any problem is a ConfigError naming the flag and the file."""

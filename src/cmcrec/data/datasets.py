@@ -170,7 +170,11 @@ def _locate(spec: DatasetSpec, data_dir: PathArg | None, download: bool) -> Path
     if download and spec.downloadable:
         return download_ml100k(root)
     missing = ", ".join(f for f in spec.files if not (folder / f).is_file())
-    how = "pass download=True to fetch it" if spec.downloadable else f"get it from {spec.source} and put it there"
+    how = (
+        f"fetch it with `cmcrec data download {spec.name}` (or download=True)"
+        if spec.downloadable
+        else f"get it from {spec.source} and put it there"
+    )
     raise DataError(
         f"dataset {spec.name!r} is not in the data directory (missing {missing}); {how}, "
         f"or point data_dir / ${DATA_DIR_ENV} at a folder that has it",

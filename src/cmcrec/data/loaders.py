@@ -259,7 +259,7 @@ def _parse_text(
         if delimiter is None:
             raise DataError(
                 "has one field per line: found none of the delimiters "
-                f"{', '.join(_delimiter_name(d) for d in CANDIDATE_DELIMITERS)}; pass delimiter=...",
+                f"{', '.join(_delimiter_name(d) for d in CANDIDATE_DELIMITERS)}; pass delimiter=... (CLI: --sep)",
                 path=path,
                 line=first_number,
             )
@@ -314,7 +314,7 @@ def _parse_text(
     if num_fields == 1:
         others = [d for d in CANDIDATE_DELIMITERS if d != delimiter and d in first_line]
         hint = (
-            f"; it looks {_delimiter_name(others[0])}-separated: pass delimiter={others[0]!r}"
+            f"; it looks {_delimiter_name(others[0])}-separated: pass delimiter={others[0]!r} (CLI: --sep)"
             if others
             else "; pass the file's delimiter"
         )
@@ -560,7 +560,7 @@ def _resolve_duplicates(
         raise raw.fail(
             second,
             f"duplicate rating for user {raw.user[second]!r} and item {raw.item[second]!r}: "
-            f"also on {raw.where(first)}; pass duplicates='last' or 'mean' to merge them",
+            f"also on {raw.where(first)}; pass duplicates='last' or 'mean' to merge them (CLI: --duplicates)",
         )
     if policy == "last":
         rows = np.arange(len(key))
