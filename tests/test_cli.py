@@ -229,3 +229,18 @@ def test_data_download(capsys, tmp_path, monkeypatch):
     assert code == 2 and "no public download" in err and not calls[1:]
     code, out, err = run(capsys, "data", "download", "nope")
     assert code == 2 and "unknown dataset 'nope'" in err
+
+
+def test_columns_flag_maps_a_files_header(capsys, tmp_path):
+    path = tmp_path / "odd.csv"
+    path.write_text("who,what,stars\nu1,i1,4\nu2,i1,5\nu2,i2,3\n")
+    code, out, err = run(capsys, "data", "info", str(path), "--json")
+    assert code == 2 and "--columns" in err, err  # the hint names the flag
+    code, out, err = run(capsys, "data", "info", str(path), "--columns", "user=who,item=what,rating=stars", "--json")
+    assert code == 0, err
+    assert one_json(out)["num_ratings"] == 3
+    code, out, err = run(capsys, "data", "info", str(path), "--columns", "user=0,item=1,rating=2", "--json")
+    assert code == 0 and one_json(out)["num_users"] == 2, err
+    for bad, message in [("user=who,item", "key=column pairs"), ("user=a,user=b", "user is given twice")]:
+        code, out, err = run(capsys, "data", "info", str(path), "--columns", bad)
+        assert code == 2 and message in err, err

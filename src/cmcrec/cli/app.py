@@ -15,6 +15,7 @@ import typer
 from cmcrec.cli.bench import bench_app
 from cmcrec.cli.options import (
     Candidates,
+    Columns,
     DataDir,
     Device,
     Duplicates,
@@ -132,12 +133,13 @@ def data_info(
     data_dir: DataDir = None,
     sep: Sep = None,
     duplicates: Duplicates = None,
+    columns: Columns = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Summary statistics of a dataset or ratings file."""
     from cmcrec.data.datasets import load_ratings
 
-    ratings = load_ratings(name, data_dir=data_dir, **file_options(name, sep, duplicates))
+    ratings = load_ratings(name, data_dir=data_dir, **file_options(name, sep, duplicates, columns))
     info = ratings.info()
     _emit(info, as_json, "\n".join(f"{k:<26} {v}" for k, v in info.items()))
 
@@ -249,6 +251,7 @@ def train(
     data_dir: DataDir = None,
     sep: Sep = None,
     duplicates: Duplicates = None,
+    columns: Columns = None,
     seed: Seed = 0,
     device: Device = "auto",
     num_workers: Workers = 0,
@@ -257,7 +260,7 @@ def train(
     """Train a model, save it with --out, and report test metrics."""
     if resume and out is None:
         raise ConfigError("--resume needs --out (the checkpoint lives beside it)")
-    options = file_options(dataset, sep, duplicates)
+    options = file_options(dataset, sep, duplicates, columns)
     ks = _parse_ks(k)
     _check_rank_users(rank_users)
     from cmcrec.evaluation.pipeline import evaluate_recommender
@@ -322,6 +325,7 @@ def evaluate(
     data_dir: DataDir = None,
     sep: Sep = None,
     duplicates: Duplicates = None,
+    columns: Columns = None,
     seed: Seed = 0,
     device: Device = "auto",
     num_workers: Workers = 0,
@@ -331,7 +335,7 @@ def evaluate(
     from cmcrec.evaluation.pipeline import evaluate_recommender
     from cmcrec.recommender import Recommender
 
-    options = file_options(dataset, sep, duplicates)
+    options = file_options(dataset, sep, duplicates, columns)
     ks = _parse_ks(k)
     _check_rank_users(rank_users)
     path = Path(model)

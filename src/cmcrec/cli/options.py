@@ -32,11 +32,34 @@ Duplicates = Annotated[
     typer.Option("--duplicates", help="Repeated (user, item) pairs in a ratings file: error (default), last or mean."),
 ]
 
+Columns = Annotated[
+    str | None,
+    typer.Option(
+        "--columns",
+        help="Columns of a ratings file: 'user=userId,item=movieId,rating=stars[,timestamp=ts]' "
+        "(header names or 0-based positions).",
+    ),
+]
 
-def file_options(dataset: str, sep: str | None, duplicates: str | None) -> dict[str, Any]:
-    """``read_table`` options from --sep / --duplicates, checked before any data is read.
 
-    Both apply to ratings files only; given with a named dataset they are an error.
+def parse_columns(value: str) -> dict[str, str | int]:
+    """``'user=userId,item=2,...'`` → ``{"user": "userId", "item": 2, ...}`` (digits are positions)."""
+    out: dict[str, str | int] = {}
+    for part in (p.strip() for p in value.split(",")):
+        key, eq, name = part.partition("=")
+        key, name = key.strip(), name.strip()
+        if not part or not eq or not key or not name:
+            raise ConfigError(f"--columns: expected key=column pairs separated by commas, got {value!r}")
+        if key in out:
+            raise ConfigError(f"--columns: {key} is given twice")
+        out[key] = int(name) if name.isascii() and name.isdigit() else name
+    return out
+
+
+def file_options(dataset: str, sep: str | None, duplicates: str | None, columns: str | None = None) -> dict[str, Any]:
+    """``read_table`` options from --sep / --duplicates / --columns, checked before any data is read.
+
+    They apply to ratings files only; given with a named dataset they are an error.
     """
     from cmcrec.data.datasets import DATASETS
     from cmcrec.data.loaders import DUPLICATE_POLICIES
@@ -51,8 +74,11 @@ def file_options(dataset: str, sep: str | None, duplicates: str | None) -> dict[
         if duplicates not in DUPLICATE_POLICIES:
             raise ConfigError(f"--duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {duplicates!r}")
         options["duplicates"] = duplicates
+    if columns is not None:
+        options["columns"] = parse_columns(columns)
     if options and dataset in DATASETS:  # a folder named like a dataset is still the dataset
-        given = [f for f, v in (("--sep", sep), ("--duplicates", duplicates)) if v is not None]
+        flags = (("--sep", sep), ("--duplicates", duplicates), ("--columns", columns))
+        given = [f for f, v in flags if v is not None]
         verb = "applies" if len(given) == 1 else "apply"
         raise ConfigError(f"{' and '.join(given)} {verb} to a ratings file, not to the dataset {dataset!r}")
     return options

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cmcrec.cli.options import Duplicates, Sep, file_options, read_config_json
+from cmcrec.cli.options import Columns, Duplicates, Sep, file_options, read_config_json
 from cmcrec.errors import ConfigError
 
 
@@ -111,6 +111,7 @@ def sweep_command(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder holding datasets.")] = None,
     sep: Sep = None,
     duplicates: Duplicates = None,
+    columns: Columns = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the sample and every trial.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     num_workers: Annotated[int, typer.Option("--num-workers", help="DataLoader workers.")] = 0,
@@ -139,7 +140,7 @@ def sweep_command(
     if max_train_ratings is not None and max_train_ratings < 2:
         raise ConfigError(f"--max-train-ratings must be >= 2, got {max_train_ratings}")
     resolve_device(device)
-    options = file_options(dataset, sep, duplicates)
+    options = file_options(dataset, sep, duplicates, columns)
     fixed = _fixed(config)
     context = RunContext(device=device, num_workers=num_workers, seed=seed, progress=False)
     taus = _floats(tau_grid, "--tau-grid") if tau_grid is not None else None

@@ -205,7 +205,7 @@ def _resolve_columns(
             elif key != "timestamp":
                 raise DataError(
                     f"header has no {key} column (looked for {', '.join(COLUMN_ALIASES[key])}); "
-                    f"columns are: {', '.join(repr(h) for h in header_names)}; pass columns={{...}}",
+                    f"columns are: {', '.join(repr(h) for h in header_names)}; pass columns={{...}} (CLI: --columns)",
                     path=path,
                     line=header_line,
                     field=key,
@@ -482,7 +482,7 @@ def _parse_parquet(path: Path, columns: Mapping[str, str | int] | None) -> _RawT
             elif key != "timestamp":
                 raise DataError(
                     f"has no {key} column (looked for {', '.join(COLUMN_ALIASES[key])}); "
-                    f"columns are: {', '.join(map(repr, names))}; pass columns={{...}}",
+                    f"columns are: {', '.join(map(repr, names))}; pass columns={{...}} (CLI: --columns)",
                     path=path,
                     field=key,
                 )
