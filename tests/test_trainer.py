@@ -127,12 +127,77 @@ def test_min_delta_patience_survives_resume(tmp_path):
     assert len(result.history) == 4 and result.stopped_early
 
 
+def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path):
+    values = [1.0, 0.9, 0.8999, 0.8998, 0.8997, 0.8997, 0.8997, 0.8997]
+    split = low_rank_split(seed=1)
+    spec = get_model("mf")
+    config = spec.make_config(CFG | {"epochs": 8, "patience": 2, "min_delta": 1e-3})
+
+    def trainer(script):
+        t = Trainer(
+            spec.build(config, DataSpec.from_ratings(split.train)), config, RunContext(progress=False), tmp_path
+        )
+        t.evaluate = lambda valid, batcher: (lambda r: (r, r * r))(next(script))
+        return t
+
+    first = trainer(iter(values)).fit(split.train, split.test, PairBatcher(seed=0), PairBatcher())
+    assert len(first.history) == 4 and first.stopped_early  # its last checkpoint is epoch 4's
+    again = trainer(iter(values[4:]))
+    again.load_checkpoint(tmp_path)
+    result = again.fit(split.train, split.test, PairBatcher(seed=0), PairBatcher())
+    assert len(result.history) == 4 and result.stopped_early and result.best_epoch == first.best_epoch
+
+
+def test_patience_counts_epochs_without_improvement_and_divergence_is_an_error():
+    from cmcrec.errors import CmcrecError
+
+    split = low_rank_split(seed=1)
+    spec = get_model("mf")
+    config = spec.make_config(CFG | {"epochs": 8, "patience": 3})
+    trainer = Trainer(spec.build(config, DataSpec.from_ratings(split.train)), config, RunContext(progress=False))
+    trainer.evaluate = lambda valid, batcher: (float("nan"), float("nan"))
+    with pytest.raises(CmcrecError, match="never finite in 3 epoch"):  # patience 3: three epochs, not two
+        trainer.fit(split.train, split.test, PairBatcher(seed=0), PairBatcher())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lr": 0.05}, "lr: checkpoint 0.02, now 0.05"),
+        ({"seed": 1}, "seed: checkpoint 0, now 1"),
+        ({"max_train": 150}, "other training ratings"),
+    ],
+)
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, change, message):
+    split = low_rank_split(seed=1)
+    train = split.train
+    Recommender.fit("mf", train, CFG | {"epochs": 2}, RunContext(progress=False), checkpoint_dir=tmp_path)
+    if "max_train" in change:
+        train = train.subset(np.arange(change["max_train"]))
+    config = CFG | {"epochs": 4} | {k: v for k, v in change.items() if k == "lr"}
+    with pytest.raises(ArtifactError, match=f"belongs to another run.*{message}"):
+        Recommender.fit(
+            "mf", train, config, RunContext(seed=change.get("seed", 0), progress=False), tmp_path, resume=True
+        )
+
+
+def test_too_few_ratings_for_a_validation_split_is_an_error():
+    from cmcrec.errors import CmcrecError
+
+    split = low_rank_split(seed=1)
+    with pytest.raises(CmcrecError, match="leaves 10 to fit and 0 to validate"):
+        Recommender.fit("mf", split.train.subset(np.arange(10)), CFG, RunContext(progress=False))
+
+
 def test_epoch_batches_partition_and_ranks():
     whole = np.concatenate(epoch_batches(103, 10, seed=3, epoch=1))
     assert sorted(whole) == list(range(103))
     assert not np.array_equal(whole, np.concatenate(epoch_batches(103, 10, seed=3, epoch=2)))
     shares = [np.concatenate(epoch_batches(103, 10, 3, 1, rank=r, world_size=2)) for r in range(2)]
     assert len(shares[0]) == len(shares[1]) == 52
+    # Fewer rows than half the ranks: the permutation repeats, every rank still gets a row.
+    tiny = [np.concatenate(epoch_batches(3, 128, 0, 0, rank=r, world_size=8)) for r in range(8)]
+    assert [len(t) for t in tiny] == [1] * 8 and set(np.concatenate(tiny).tolist()) == {0, 1, 2}
     assert set(shares[0]) | set(shares[1]) == set(range(103))
     rows = [np.concatenate(ordered_batches(103, 7, rank=r, world_size=3)) for r in range(3)]
     assert sorted(np.concatenate(rows)) == list(range(103))
@@ -273,9 +338,10 @@ def test_cpu_training_flushes_weights_moments_and_average_every_few_steps(monkey
     )
     trainer.fit(split.train, split.test, PairBatcher(seed=0), PairBatcher())
     steps_per_epoch = len(epoch_batches(len(split.train), config.batch_size, 0, 0, 0, 1))
-    # Counted per epoch (a resumed run flushes at the same steps): not (2 * steps) // 16.
-    assert steps_per_epoch % trainer_module.SUBNORMAL_FLUSH_STEPS >= trainer_module.SUBNORMAL_FLUSH_STEPS // 2
-    assert len(calls) == 2 * (steps_per_epoch // trainer_module.SUBNORMAL_FLUSH_STEPS) > 0
+    # Counted per epoch (a resumed run flushes at the same steps), at steps 16 and 26 (the epoch's last) of
+    # each: 4 calls; a count over the whole run would flush at 16, 26, 32, 48 and 52: 5.
+    assert steps_per_epoch == 26 and trainer_module.SUBNORMAL_FLUSH_STEPS == 16
+    assert len(calls) == 4
     params = list(trainer.model.parameters())
     moments = [s[k] for s in trainer.optimizer.state.values() for k in ("exp_avg", "exp_avg_sq")]
     expected = {t.data_ptr() for t in params + moments + trainer.average.average}

@@ -130,6 +130,12 @@ class Recommender:
         if len(train) < 2:
             raise CmcrecError(f"{train.name}: need at least 2 training ratings, got {len(train)}")
         fit_part, valid = validation_split(train, config.valid_fraction, np.random.default_rng([context.seed, 101]))
+        if len(valid) == 0 or len(fit_part) == 0:
+            raise CmcrecError(
+                f"{train.name}: valid_fraction={config.valid_fraction} of {len(train)} ratings leaves "
+                f"{len(fit_part)} to fit and {len(valid)} to validate; both need at least one "
+                "(use more ratings or change valid_fraction)"
+            )
         data = DataSpec.from_ratings(fit_part)
         torch.manual_seed(context.seed)
         module = spec.build(config, data)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shlex
@@ -12,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cmcrec.artifacts import atomic_write_text
@@ -80,7 +78,7 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     path = None if models_dir is None else Path(models_dir) / key
     if path is not None and (path / "manifest.json").is_file():
         rec = Recommender.load(path, device="cpu" if context.device == "auto" else context.device)
-        same_data = len(rec.train) == len(train) and _ratings_digest(rec.train) == _ratings_digest(train)
+        same_data = len(rec.train) == len(train) and rec.train.digest() == train.digest()
         if rec.config == config and same_data and rec.training.get("seed") == context.seed:
             return rec
     if path is None:
@@ -95,7 +93,7 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
                 "config": config.to_dict(),
                 "seed": context.seed,
                 "num_train": len(train),
-                "train_digest": _ratings_digest(train),
+                "train_digest": train.digest(),
             }
         )
     )
@@ -109,14 +107,6 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     shutil.rmtree(checkpoint, ignore_errors=True)
     identity_file.unlink(missing_ok=True)
     return rec
-
-
-def _ratings_digest(ratings) -> str:
-    """A hash of the (user, item, rating) columns: tells two training sets apart without storing them."""
-    digest = hashlib.sha256()
-    for column in (ratings.user, ratings.item, ratings.rating):
-        digest.update(np.ascontiguousarray(column).tobytes())
-    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> Any:

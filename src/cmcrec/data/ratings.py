@@ -9,6 +9,7 @@ user or item in both.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -285,6 +286,13 @@ class Ratings:
     def relation_type(self) -> np.ndarray:
         """Edge type of every rating (int64)."""
         return self.scale.relation_type(self.rating)
+
+    def digest(self) -> str:
+        """SHA-256 of the (user, item, rating) columns: tells two tables apart without storing them."""
+        h = hashlib.sha256()
+        for column in (self.user, self.item, self.rating):
+            h.update(np.ascontiguousarray(column).tobytes())
+        return h.hexdigest()
 
     def subset(self, index: np.ndarray, name: str | None = None) -> Ratings:
         """The rows selected by a boolean mask or integer index, same vocabularies."""

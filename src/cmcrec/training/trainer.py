@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import sys
 import time
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from cmcrec.artifacts import atomic_directory, load_state, save_state
 from cmcrec.config import RunContext, TrainConfig
 from cmcrec.data.ratings import Ratings
-from cmcrec.errors import ArtifactError, ConfigError
+from cmcrec.errors import ArtifactError, CmcrecError, ConfigError
 from cmcrec.models.base import RatingModel
 from cmcrec.training import distributed as dist_utils
 from cmcrec.training.allocator import tune_cpu_allocator
@@ -56,6 +57,37 @@ def flush_subnormals_(tensors: list[torch.Tensor]) -> None:
     """
     for t in tensors:
         t.masked_fill_(t.abs() < torch.finfo(t.dtype).tiny, 0.0)
+
+
+#: Config fields a resumed run may change: they decide only when training stops.
+RESUMABLE_FIELDS = ("epochs", "patience", "min_delta")
+
+
+def run_identity(config: TrainConfig, seed: int, train: Ratings, valid: Ratings) -> str:
+    """What a checkpoint belongs to, as JSON: the config (less :data:`RESUMABLE_FIELDS`), the
+    seed and digests of the fit and validation ratings."""
+    fields = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_FIELDS}
+    return json.dumps(
+        {"config": fields, "seed": seed, "fit_ratings": train.digest(), "valid_ratings": valid.digest()},
+        sort_keys=True,
+        default=str,
+    )
+
+
+def identity_difference(saved: str, now: str) -> str:
+    """The first few differences between two :func:`run_identity` strings, in words."""
+    a, b = json.loads(saved), json.loads(now)
+    out = [
+        f"{k}: checkpoint {a['config'].get(k)!r}, now {b['config'].get(k)!r}"
+        for k in sorted(set(a["config"]) | set(b["config"]))
+        if a["config"].get(k) != b["config"].get(k)
+    ]
+    if a["seed"] != b["seed"]:
+        out.append(f"seed: checkpoint {a['seed']}, now {b['seed']}")
+    for key, what in (("fit_ratings", "training"), ("valid_ratings", "validation")):
+        if a[key] != b[key]:
+            out.append(f"other {what} ratings (dataset, split, seed, --max-train-ratings or valid_fraction)")
+    return "; ".join(out[:4]) + ("; ..." if len(out) > 4 else "")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -85,7 +117,8 @@ def epoch_batches(
     perm = g.permutation(n)
     if world_size > 1:
         total = math.ceil(n / world_size) * world_size
-        perm = np.concatenate([perm, perm[: total - n]])[rank::world_size]
+        # np.resize repeats the permutation as often as needed (more than once when n < world_size / 2).
+        perm = np.resize(perm, total)[rank::world_size]
     return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
 
 
@@ -218,10 +251,13 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch = -1
         self.best_valid_rmse = math.inf
-        # Early stopping's reference: the last epoch that improved by more than min_delta.
-        self.patience_epoch = -1
+        # Early stopping's reference: the last epoch that improved by more than min_delta (0: none yet).
+        self.patience_epoch = 0
         self.patience_rmse = math.inf
         self.start_epoch = 0
+        self._identity: str | None = None  # what run this is (config, seed, data); saved in checkpoints
+        self._restored_identity: str | None = None
+        self._checkpoint_source: Path | None = None
 
     # -- checkpoints -----------------------------------------------------------------------------------
 
@@ -239,6 +275,7 @@ class Trainer:
             "history": [asdict(h) for h in self.history],
             "torch_rng": torch.get_rng_state(),
             "average": None if self.average is None else self.average.state_dict(),
+            "identity": self._identity,
         }
 
     def save_checkpoint(self, epoch: int) -> None:
@@ -284,6 +321,8 @@ class Trainer:
         self.patience_rmse = state.get("patience_rmse", self.best_valid_rmse)
         self.history = [EpochRecord(**h) for h in state["history"]]
         self.start_epoch = state["epoch"] + 1
+        self._restored_identity = state.get("identity")  # None: written before identities were kept
+        self._checkpoint_source = Path(directory)
         ctx = self.context
         rng_ranks = state.get("torch_rng_ranks")
         if ctx.world_size == 1:
@@ -343,6 +382,13 @@ class Trainer:
     ) -> TrainResult:
         """Train, selecting the epoch with the lowest validation RMSE; the model ends with its weights."""
         ctx, cfg = self.context, self.config
+        self._identity = run_identity(cfg, ctx.seed, train, valid)
+        if self._restored_identity is not None and self._restored_identity != self._identity:
+            raise ArtifactError(
+                f"{self._checkpoint_source}: the checkpoint belongs to another run "
+                f"({identity_difference(self._restored_identity, self._identity)}); "
+                "resume with the settings it was written with, or start afresh"
+            )
         if self.start_epoch == 0:
             torch.manual_seed(ctx.seed * 1000 + ctx.rank)
         ds = TargetRows(train.user, train.item, train.rating, train_batcher)
@@ -352,6 +398,9 @@ class Trainer:
         amp = ctx.bf16 and self.device.type == "cuda"
         flush = self.device.type == "cpu"  # GPUs compute on subnormals at full speed
         for epoch in range(self.start_epoch, cfg.epochs):
+            if cfg.patience is not None and epoch > 0 and epoch - self.patience_epoch >= cfg.patience:
+                stopped_early = True  # a resumed run that had already stopped early stays stopped
+                break
             if hasattr(train_batcher, "set_epoch"):
                 train_batcher.set_epoch(epoch)
             batches = epoch_batches(len(train), cfg.batch_size, ctx.seed, epoch, ctx.rank, ctx.world_size)
@@ -379,8 +428,9 @@ class Trainer:
                 self.optimizer.step()
                 if self.average is not None:
                     self.average.update()
-                # Counted within the epoch, so a run resumed at an epoch boundary flushes at the same steps.
-                if flush and step % SUBNORMAL_FLUSH_STEPS == 0:
+                # Counted within the epoch, so a run resumed at an epoch boundary flushes at the same steps;
+                # the last step flushes too, so epochs shorter than SUBNORMAL_FLUSH_STEPS are covered.
+                if flush and (step % SUBNORMAL_FLUSH_STEPS == 0 or step == len(batches)):
                     flush_subnormals_(self._float_state())
                 b = batch.num_labelled  # rated targets weight the loss; ranking negatives only add subgraphs
                 total += float(loss.detach()) * b
@@ -422,8 +472,13 @@ class Trainer:
             if cfg.patience is not None and epoch + 1 - self.patience_epoch >= cfg.patience:
                 stopped_early = True
                 break
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
+        if self.best_state is None:
+            raise CmcrecError(
+                f"validation RMSE was never finite in {len(self.history)} epoch(s) (last: "
+                f"{self.history[-1].valid_rmse if self.history else 'none'}): training diverged; "
+                "try a lower lr or grad_clip"
+            )
+        self.model.load_state_dict(self.best_state)
         return TrainResult(
             history=self.history,
             best_epoch=self.best_epoch,
