@@ -53,6 +53,34 @@ def test_sweep_resumes_and_scores_best_validation_rmse(tmp_path):
     assert rec.training["best_valid_rmse"] == pytest.approx(best["value"], rel=1e-6)
 
 
+def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    from cmcrec.errors import TrainingDiverged
+
+    train = low_rank_split().train
+    real, calls = sweep.fit_trial, []
+
+    def first_diverges(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise TrainingDiverged("validation RMSE was never finite")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "fit_trial", first_diverges)
+    out = sweep.run_sweep(
+        "mf",
+        train,
+        trials=2,
+        study_db=tmp_path / "s.sqlite",
+        study_name="d",
+        params=["lr"],
+        fixed=FAST,
+        context=CPU,
+        log=_quiet,
+    )
+    assert [r["state"] for r in out["rows"]] == ["FAIL", "COMPLETE"]
+    assert out["best"]["trial"] == 1
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path):
     train = low_rank_split().train
     common = dict(study_db=tmp_path / "s.sqlite", study_name="s", fixed=FAST, context=CPU, log=_quiet, trials=1)

@@ -149,14 +149,14 @@ def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path):
 
 
 def test_patience_counts_epochs_without_improvement_and_divergence_is_an_error():
-    from cmcrec.errors import CmcrecError
+    from cmcrec.errors import TrainingDiverged
 
     split = low_rank_split(seed=1)
     spec = get_model("mf")
     config = spec.make_config(CFG | {"epochs": 8, "patience": 3})
     trainer = Trainer(spec.build(config, DataSpec.from_ratings(split.train)), config, RunContext(progress=False))
     trainer.evaluate = lambda valid, batcher: (float("nan"), float("nan"))
-    with pytest.raises(CmcrecError, match="never finite in 3 epoch"):  # patience 3: three epochs, not two
+    with pytest.raises(TrainingDiverged, match="never finite in 3 epoch"):  # patience 3: three epochs, not two
         trainer.fit(split.train, split.test, PairBatcher(seed=0), PairBatcher())
 
 

@@ -51,6 +51,10 @@ class ConfigError(CmcrecError):
     """A configuration value or command-line flag is invalid."""
 
 
+class TrainingDiverged(CmcrecError):
+    """Validation RMSE was never finite: the settings make training diverge (too high a learning rate)."""
+
+
 class ArtifactError(CmcrecError):
     """A saved model directory is missing, damaged, or from an unknown version."""
 

@@ -34,7 +34,7 @@ import numpy as np
 from cmcrec.benchmarks.accuracy import model_config
 from cmcrec.benchmarks.common import command_line, load_results, machine, now, write_results
 from cmcrec.config import RunContext
-from cmcrec.errors import ConfigError
+from cmcrec.errors import ConfigError, TrainingDiverged
 from cmcrec.models.registry import get_model
 
 if TYPE_CHECKING:
@@ -252,7 +252,8 @@ def run_sweep(
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
         log(f"trial {trial.number:3d} {trial.state.name:<8} valid RMSE {value}  {shown}")
 
-    study.optimize(objective, n_trials=trials, callbacks=[report], gc_after_trial=True)
+    # A diverging trial (say, the largest learning rate) is marked failed; the study goes on.
+    study.optimize(objective, n_trials=trials, callbacks=[report], gc_after_trial=True, catch=(TrainingDiverged,))
     return sweep_payload(study, params, fixed, spec, str(study_db))
 
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from cmcrec.artifacts import atomic_directory, load_state, save_state
 from cmcrec.config import RunContext, TrainConfig
 from cmcrec.data.ratings import Ratings
-from cmcrec.errors import ArtifactError, CmcrecError, ConfigError
+from cmcrec.errors import ArtifactError, ConfigError, TrainingDiverged
 from cmcrec.models.base import RatingModel
 from cmcrec.training import distributed as dist_utils
 from cmcrec.training.allocator import tune_cpu_allocator
@@ -473,7 +473,7 @@ class Trainer:
                 stopped_early = True
                 break
         if self.best_state is None:
-            raise CmcrecError(
+            raise TrainingDiverged(
                 f"validation RMSE was never finite in {len(self.history)} epoch(s) (last: "
                 f"{self.history[-1].valid_rmse if self.history else 'none'}): training diverged; "
                 "try a lower lr or grad_clip"
