@@ -80,10 +80,16 @@ def write_results(d: Path) -> None:
         meta
         | {
             "rows": [
-                {"noise": s, "kind": kind, "model": m, "seed": seed, "rmse": 0.9 + s * (0.5 if m == "mccl" else 1.0)}
-                | {"ndcg@10": 0.1 - s * 0.1}
+                {
+                    "noise": s,
+                    "kind": kind,
+                    "model": m,
+                    "seed": seed,
+                    "rmse": 0.9 + s / 100 * (0.5 if m == "mccl" else 1),
+                }
+                | {"ndcg@10": 0.1 - s / 1000}
                 for kind in ("fake", "flip")
-                for s in (0.0, 0.05, 0.1, 0.2)
+                for s in (0.0, 5.0, 10.0, 20.0)
                 for m in MODELS
                 for seed in (0, 1)
             ]
@@ -289,3 +295,50 @@ def test_accuracy_figure_tells_epoch_budgets_apart():
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     # best at the top: the axis lists bottom to top
     assert labels == ["mf", "mccl (cpu), 8 ep", "mccl (cpu), 16 ep"]
+
+
+def test_training_curves_keep_runs_at_other_budgets_apart():
+    """One model and seed at two presets is two lines (they were joined into one zig-zag), styled by preset."""
+    from cmcrec.report.plots import ResultFile, palette, training_curve_rows, training_curves_figure
+
+    def run(preset, epochs, base):
+        hist = [{"epoch": e, "train_loss": 1.0 / e, "valid_rmse": base - 0.01 * e} for e in range(1, epochs + 1)]
+        return {"dataset": "ml-100k", "model": "igmc", "seed": 0, "preset": preset, "epochs": epochs, "history": hist}
+
+    payload = {"runs": [run("cpu", 3, 0.95), run("paper", 5, 0.93)]}
+    src = ResultFile(path=Path("accuracy.json"), payload=payload, rows=[])
+    rows = training_curve_rows(src)
+    fig = training_curves_figure(rows, palette(["igmc"]))
+    lines = [ln for ln in fig.axes[1].get_lines() if ln.get_linestyle() in ("-", "--")]
+    assert sorted((len(ln.get_xdata()), ln.get_linestyle()) for ln in lines) == [(3, "-"), (5, "--")]
+
+
+@pytest.mark.parametrize(("unit", "xs"), [(None, [0.0, 0.5, 1.0]), ("share", [0.0, 5.0, 20.0])])
+def test_robustness_noise_axis_and_stored_error_bars(unit, xs):
+    """Percent as the study writes it (noise 1 is 1 %, not 100 %); an averaged row keeps its stored std."""
+    from cmcrec.report.plots import ResultFile, palette, robustness_figure
+
+    stored = [0.0, 0.01, 0.03]
+    values = [0.0, 0.05, 0.2] if unit == "share" else [0.0, 0.5, 1.0]
+    rows = [
+        {"noise": v, "kind": "fake", "model": "mccl", "rmse": 0.9 + v, "rmse_std": sd, "seeds": [0, 1, 2]}
+        for v, sd in zip(values, stored, strict=True)
+    ]
+    payload = {"rows": rows} | ({"noise_unit": unit} if unit else {})
+    fig = robustness_figure(ResultFile(path=Path("robustness.json"), payload=payload, rows=rows), palette(["mccl"]))
+    ax = fig.axes[0]
+    line = next(ln for ln in ax.get_lines() if len(ln.get_xdata()) == 3)
+    np.testing.assert_allclose(np.asarray(line.get_xdata(), dtype=float), xs)
+    bars = ax.collections[0].get_segments()  # one vertical error bar per point: (x, mean - sd) to (x, mean + sd)
+    np.testing.assert_allclose([seg[1][1] - seg[0][1] for seg in bars], [2 * sd for sd in stored], atol=1e-9)
+
+
+def test_accuracy_figure_survives_a_dataset_with_no_finite_rmse():
+    from cmcrec.report.plots import ResultFile, accuracy_figure, palette
+
+    rows = [
+        {"dataset": "douban", "model": "mccl", "rmse_mean": float("nan"), "seeds": [0]},
+        {"dataset": "ml-100k", "model": "mccl", "rmse_mean": 0.91, "rmse_std": 0.001, "seeds": [0, 1]},
+    ]
+    fig = accuracy_figure(ResultFile(path=Path("accuracy.json"), payload={"rows": rows}, rows=rows), palette(["mccl"]))
+    assert any(t.get_text() == "no finite RMSE" for t in fig.axes[0].texts)

@@ -11,6 +11,7 @@ from synthetic import low_rank_split
 from cmcrec.benchmarks import blog, cold_start, robustness
 from cmcrec.cli import main
 from cmcrec.data.ratings import Split
+from cmcrec.errors import ConfigError
 
 TINY = {
     "epochs": 2,
@@ -56,7 +57,7 @@ def test_robustness_rows_and_resume(split, tmp_path, monkeypatch):
     out = tmp_path / "robustness.json"
     before = _frozen(split)
     payload = robustness.run_robustness(
-        split, ["mf"], [0, 20], ["fake", "flip"], [0], out, extra=TINY, device="cpu", log=lambda s: None
+        split, ["mf"], [0, 20], ["fake", "flip"], [0], out, extra=TINY, candidates=10, device="cpu", log=lambda s: None
     )
     payload = robustness.run_robustness(
         split, ["igmc"], [20], ["fake"], [0], out, extra=TINY, candidates=10, device="cpu", log=lambda s: None
@@ -85,9 +86,19 @@ def test_robustness_rows_and_resume(split, tmp_path, monkeypatch):
     # Resume: nothing left to train.
     _no_training(monkeypatch)
     again = robustness.run_robustness(
-        split, ["mf"], [0, 20], ["fake", "flip"], [0], out, extra=TINY, device="cpu", log=lambda s: None
+        split, ["mf"], [0, 20], ["fake", "flip"], [0], out, extra=TINY, candidates=10, device="cpu", log=lambda s: None
     )
     assert len(again["runs"]) == 5
+    # Other settings are not "done" and not averaged in: refused, naming the difference.
+    for other, message in [
+        ({"preset": "paper"}, "preset None there, 'paper' now"),
+        ({"epochs": 5}, "epochs_override None there, 5 now"),
+        ({"candidates": 200}, "candidates_requested 10 there, 200 now"),
+        ({"extra": TINY | {"lr": 0.5}}, "overrides"),
+    ]:
+        kwargs = {"extra": TINY, "candidates": 10, "device": "cpu", "log": lambda s: None} | other
+        with pytest.raises(ConfigError, match=message):
+            robustness.run_robustness(split, ["mf"], [0], ["fake"], [0], out, **kwargs)
 
 
 def test_inductive_split_leaves_users_without_training_ratings(split):
@@ -150,11 +161,27 @@ def test_cold_start_rows_and_resume(split, tmp_path, monkeypatch):
         ks=(1, 3),
         holdout_fraction=0.2,
         min_ratings=8,
+        candidates=10,
         extra=TINY,
         device="cpu",
         log=lambda s: None,
     )
     assert len(again["runs"]) == 4
+    with pytest.raises(ConfigError, match="given 'earliest' there, 'random' now"):
+        cold_start.run_cold_start(
+            split,
+            ["mf"],
+            [0],
+            out,
+            ks=(1, 3),
+            holdout_fraction=0.2,
+            min_ratings=8,
+            candidates=10,
+            given="random",
+            extra=TINY,
+            device="cpu",
+            log=lambda s: None,
+        )
 
 
 def test_decile_shares_exact():

@@ -165,5 +165,21 @@ def test_tau_grid_records_validation_and_test(tmp_path):
     # A rerun skips the runs already in the file.
     again = sweep.run_tau_grid(split, [0.1, 0.5], [0], out, fixed=tiny, context=CPU, candidates=None, log=_quiet)
     assert again["rows"] == payload["rows"]
+    # Another study (here: another dataset) does not reuse these rows or add to them.
+    other = json.loads(out.read_text())
+    other["study"]["dataset"] = "douban"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match="dataset 'douban' there, 'ml-100k' now"):
+        sweep.run_tau_grid(
+            split,
+            [0.1],
+            [0],
+            tmp_path / "other.json",
+            fixed=tiny,
+            context=CPU,
+            candidates=None,
+            log=_quiet,
+            description={"dataset": "ml-100k"},
+        )
     with pytest.raises(ConfigError, match="no temperature"):
         sweep.run_tau_grid(split, [0.1], [0], out, model="mf")

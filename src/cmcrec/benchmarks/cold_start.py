@@ -44,7 +44,15 @@ import numpy as np
 import torch
 
 from cmcrec.benchmarks.accuracy import model_config
-from cmcrec.benchmarks.common import command_line, load_results, machine, now, write_results
+from cmcrec.benchmarks.common import (
+    command_line,
+    load_results,
+    machine,
+    now,
+    require_same_settings,
+    seed_std,
+    write_results,
+)
 from cmcrec.benchmarks.robustness import candidates_used
 from cmcrec.config import RunContext
 from cmcrec.data.ratings import Ratings, Split
@@ -290,6 +298,7 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             if metric in rows[0]:
                 values = [r[metric] for r in rows if r.get(metric) is not None]
                 agg[metric] = float(np.mean(values)) if values else None
+                agg[f"{metric}_std"] = seed_std(values) if values else None
         for count in ("num_users", "num_ratings"):
             agg[count] = float(np.mean([r[count] for r in rows])) if len(rows) > 1 else rows[0][count]
         agg["seeds"] = sorted(r["seed"] for r in rows)
@@ -338,6 +347,19 @@ def run_cold_start(
     check_options(studies, ks, holdout_fraction, min_ratings, given)
     payload = load_results(out)
     runs: list[dict[str, Any]] = payload.get("runs", [])
+    # Splits may differ (the figures have a row per split); every other setting must match.
+    settings = {
+        "preset": preset,
+        "epochs_override": epochs,
+        "max_train_ratings": max_train_ratings,
+        "overrides": dict(extra or {}),
+        "given": given,
+        "holdout_fraction": holdout_fraction,
+        "min_ratings": min_ratings,
+        "ks": list(ks),
+        "candidates_requested": candidates,
+    }
+    require_same_settings(runs, settings, out)
     done = {_key(r) for r in runs}
     command = command_line()
     for study in studies:
@@ -350,10 +372,7 @@ def run_cold_start(
                     "study": study,
                     "model": model,
                     "seed": seed,
-                    "preset": preset,
-                    "epochs_override": epochs,
-                    "max_train_ratings": max_train_ratings,
-                }
+                } | settings
                 if _key(run) in done:
                     continue
                 t0 = time.perf_counter()
@@ -374,9 +393,6 @@ def run_cold_start(
                         "num_heldout_users": int(users.size),
                         "heldout_train_ratings": int(np.isin(train.user, users).sum()),
                         "heldout_rows_untouched": _untouched_user_rows(rec, model, config, seed, users),
-                        "given": given,
-                        "holdout_fraction": holdout_fraction,
-                        "min_ratings": min_ratings,
                     }
                 run |= {
                     "rows": rows,

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cmcrec.artifacts import atomic_write_text
+from cmcrec.errors import ConfigError
 
 
 def machine() -> dict[str, Any]:
@@ -114,6 +116,28 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def seed_std(values: list[float]) -> float:
+    """Sample standard deviation over seeds (ddof=1); 0.0 for a single seed, as the accuracy table shows it."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def require_same_settings(recorded: list[dict[str, Any]], settings: dict[str, Any], out: Path) -> None:
+    """Refuse to add runs made with ``settings`` to a results file whose ``recorded`` runs used others.
+
+    A study file skips runs it already holds and averages over seeds; runs with another preset, epoch
+    budget, sample or study option would be skipped as done or averaged in. A field an older run does
+    not record is not compared.
+    """
+    now = json.loads(json.dumps(settings, default=str))  # as the file will hold it (tuples → lists)
+    for run in recorded:
+        diffs = [k for k in sorted(now) if k in run and run[k] != now[k]]
+        if diffs:
+            said = "; ".join(f"{k} {run[k]!r} there, {now[k]!r} now" for k in diffs[:3])
+            raise ConfigError(
+                f"{out} holds runs made with other settings ({said}); write these to another --out or delete the file"
+            )
 
 
 def model_label(run: dict[str, Any]) -> str:

@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 
 from cmcrec.benchmarks.accuracy import model_config
-from cmcrec.benchmarks.common import command_line, load_results, machine, now, write_results
+from cmcrec.benchmarks.common import (
+    command_line,
+    load_results,
+    machine,
+    now,
+    require_same_settings,
+    seed_std,
+    write_results,
+)
 from cmcrec.config import RunContext
 from cmcrec.data.noise import flip_ratings, inject_fake
 from cmcrec.data.ratings import Ratings, Split
@@ -88,7 +96,7 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for metric in ("rmse", "mae", "ndcg@10", "recall@10", "coverage@10"):
             values = [r[metric] for r in rs if r.get(metric) is not None]
             row[metric] = float(np.mean(values)) if values else None
-        row["rmse_std"] = float(np.std([r["rmse"] for r in rs], ddof=1)) if len(rs) > 1 else 0.0
+            row[f"{metric}_std"] = seed_std(values) if values else None
         row["seeds"] = sorted(r["seed"] for r in rs)
         row["num_train"] = rs[0]["num_train"]
         rows.append(row)
@@ -131,6 +139,15 @@ def run_robustness(
     check_noise_levels(noise, kinds)
     payload = load_results(out)
     runs: list[dict[str, Any]] = payload.get("runs", [])
+    settings = {
+        "split": split.name,
+        "preset": preset,
+        "epochs_override": epochs,
+        "max_train_ratings": max_train_ratings,
+        "overrides": dict(extra or {}),
+        "candidates_requested": candidates,
+    }
+    require_same_settings(runs, settings, out)
     done = {_key(r): r for r in runs}
     command = command_line()
     clean = split.train
@@ -146,10 +163,7 @@ def run_robustness(
                         "noise": float(p),
                         "model": model,
                         "seed": seed,
-                        "preset": preset,
-                        "epochs_override": epochs,
-                        "max_train_ratings": max_train_ratings,
-                    }
+                    } | settings
                     if _key(run) in done:
                         continue
                     twin = None

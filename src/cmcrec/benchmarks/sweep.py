@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cmcrec.benchmarks.accuracy import model_config
-from cmcrec.benchmarks.common import command_line, load_results, machine, now, write_results
+from cmcrec.benchmarks.common import command_line, load_results, machine, now, require_same_settings, write_results
 from cmcrec.config import RunContext
 from cmcrec.errors import ConfigError, TrainingDiverged
 from cmcrec.models.registry import get_model
@@ -371,6 +371,11 @@ def run_tau_grid(
     context = context or RunContext(progress=False)
     payload = load_results(Path(out))
     runs: list[dict[str, Any]] = payload.get("rows", [])
+    study = {"model": model, "fixed": fixed, "preset": preset, "epochs": epochs, "candidates": candidates} | dict(
+        description or {}
+    )
+    if isinstance(payload.get("study"), dict):  # (τ, seed) rows are reused only from the same study
+        require_same_settings([payload["study"]], study, Path(out))
     done = {(r["tau"], r["seed"]) for r in runs}
     command = command_line()
     for tau in taus:
@@ -402,7 +407,7 @@ def run_tau_grid(
             payload = {
                 "description": "Sensitivity to the InfoNCE temperature τ, other parameters fixed. Validation RMSE "
                 "is what a selection would use; the test metrics are reported, never used to choose τ.",
-                "study": {"model": model, "fixed": fixed, "preset": preset, "epochs": epochs} | dict(description or {}),
+                "study": study,
                 "rows": runs,
                 "summary": _summarise_tau(runs),
                 "command": command,

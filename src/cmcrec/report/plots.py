@@ -201,6 +201,10 @@ def accuracy_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
             key=lambda r: r["rmse_mean"],
             reverse=True,  # best at the top
         )
+        if not sel:  # every row of this dataset is NaN (a diverged run): say so instead of failing
+            ax.text(0.5, 0.5, "no finite RMSE", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(ds)
+            continue
         labels = [str(r["model"]) + (f" ({shown_preset(r)})" if shown_preset(r) else "") for r in sel]
         # The same model and preset run with another epoch budget (--epochs) is another row: say which.
         shared = {lab for lab in labels if labels.count(lab) > 1}
@@ -356,9 +360,18 @@ def popularity_figure(src: ResultFile, colors: dict[str, Any], bins: int = 10) -
 # -- robustness -------------------------------------------------------------------------------------
 
 
-def _line(ax, xs, groups: dict[Any, list[float]], color, label: str, marker: str = "o") -> None:
+def _group_stats(values: Sequence[float], stored_std: float | None) -> tuple[float, float]:
+    """Mean ± std of a group; a group of one already-averaged row keeps the std stored with it."""
+    if len(values) == 1 and stored_std is not None:
+        return float(values[0]), stored_std
+    return _mean_std(values)
+
+
+def _line(
+    ax, xs, groups: dict[Any, list[float]], color, label: str, marker: str = "o", stored: dict | None = None
+) -> None:
     x = [v for v in xs if groups.get(v)]
-    stats = [_mean_std(groups[v]) for v in x]
+    stats = [_group_stats(groups[v], (stored or {}).get(v)) for v in x]
     if not x:
         return
     ax.errorbar(
@@ -376,7 +389,8 @@ def robustness_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
     kinds = _order(r["kind"] for _, r in rows if r["kind"] in ("fake", "flip") or _num(r["noise"]))
     # Clean runs (noise 0) may carry kind "none"/null: they are the starting point of every panel.
     clean = [r for _, r in rows if not _num(r["noise"]) and r["kind"] not in kinds]
-    scale = 100.0 if max((_num(r["noise"]) or 0) for _, r in rows) <= 1 else 1.0
+    # Percent of the training ratings, as the robustness study writes it; a file may say it holds shares.
+    scale = 100.0 if src.payload.get("noise_unit") == "share" else 1.0
     models = _order(str(r["model"]) for _, r in rows)
     fig, axes = _new_figure(max(1, len(kinds)), nrows=len(metrics), width=4.6, height=3.3)
     for col, kind in enumerate(kinds or ["all"]):
@@ -385,11 +399,13 @@ def robustness_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
             ax = axes[row, col]
             for model in models:
                 groups: dict[float, list[float]] = {}
+                stored: dict[float, float | None] = {}
                 for r in sel:
                     v, x = _num(r.get(metric)), _num(r["noise"])
                     if str(r["model"]) == model and v is not None and x is not None:
                         groups.setdefault(x * scale, []).append(v)
-                _line(ax, sorted(groups), groups, colors[model], model, _marker(models, model))
+                        stored[x * scale] = _num(r.get(f"{metric}_std"))
+                _line(ax, sorted(groups), groups, colors[model], model, _marker(models, model), stored)
             ax.set_title(f"{metric.upper() if metric == 'rmse' else metric} — {NOISE_TITLES.get(kind, kind)}")
             ax.set_xlabel("noise share (% of training ratings)")
             ax.set_ylabel(METRIC_LABELS[metric])
@@ -442,11 +458,11 @@ def cold_start_bucket_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
             for j, model in enumerate(models):
                 vals = []
                 for b in buckets:
-                    vs = [
-                        _num(r.get(metric)) for _, r in split_rows if str(r["bucket"]) == b and str(r["model"]) == model
-                    ]
-                    vs = [v for v in vs if v is not None]
-                    vals.append(_mean_std(vs) if vs else (np.nan, 0.0))
+                    picked = [r for _, r in split_rows if str(r["bucket"]) == b and str(r["model"]) == model]
+                    picked = [r for r in picked if _num(r.get(metric)) is not None]
+                    vs = [_num(r.get(metric)) for r in picked]
+                    stored = _num(picked[0].get(f"{metric}_std")) if len(picked) == 1 else None
+                    vals.append(_group_stats(vs, stored) if vs else (np.nan, 0.0))
                 ax.bar(
                     x - 0.4 + width * (j + 0.5),
                     [m for m, _ in vals],
@@ -485,11 +501,13 @@ def inductive_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
         for ax, metric in zip(axes[row], metrics, strict=True):
             for model in models:
                 groups: dict[float, list[float]] = {}
+                stored: dict[float, float | None] = {}
                 for _, r in split_rows:
                     v, k = _num(r.get(metric)), _num(r["k"])
                     if str(r["model"]) == model and v is not None and k is not None:
                         groups.setdefault(k, []).append(v)
-                _line(ax, sorted(groups), groups, colors[model], model, _marker(models, model))
+                        stored[k] = _num(r.get(f"{metric}_std"))
+                _line(ax, sorted(groups), groups, colors[model], model, _marker(models, model), stored)
             ax.set_xlabel("ratings given by each held-out user (k)")
             ax.set_ylabel(METRIC_LABELS[metric])
             where = f"{split}: " if split else ""
@@ -513,7 +531,7 @@ def training_curve_rows(src: ResultFile) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     default_model = src.path.stem.replace("history", "").strip("_-. ") or "model"
 
-    def add(history: Any, model: Any, dataset: Any, seed: Any, where: str) -> None:
+    def add(history: Any, model: Any, dataset: Any, seed: Any, where: str, budget: str | None = None) -> None:
         if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
             raise DataError(f"{where}: 'history' must be a list of epoch objects", path=src.path, field="history")
         for j, h in enumerate(history):
@@ -524,6 +542,7 @@ def training_curve_rows(src: ResultFile) -> list[dict[str, Any]]:
                     "model": str(model),
                     "dataset": dataset,
                     "seed": seed,
+                    "budget": budget,
                     "epoch": h["epoch"],
                     "train_loss": h.get("train_loss"),
                     "valid_rmse": h.get("valid_rmse"),
@@ -537,7 +556,9 @@ def training_curve_rows(src: ResultFile) -> list[dict[str, Any]]:
         if isinstance(run, dict) and "history" in run:
             # A run trained with --set overrides is its own curve (model_label), not merged with the plain one.
             label = model_label(run) if "model" in run else default_model
-            add(run["history"], label, run.get("dataset"), run.get("seed"), f"run {i}")
+            # So are runs of one model and seed at another preset or epoch budget (a line each).
+            budget = f"{run.get('preset') or 'no preset'}, {run.get('epochs', '?')} epochs"
+            add(run["history"], label, run.get("dataset"), run.get("seed"), f"run {i}", budget)
     epoch_rows = [(i, r) for i, r in enumerate(src.rows) if "epoch" in r]
     if epoch_rows and not any("history" in r for r in src.rows):
         src.require(epoch_rows, ("epoch",))
@@ -558,6 +579,10 @@ def training_curve_rows(src: ResultFile) -> list[dict[str, Any]]:
     return out
 
 
+def _preset_of(budget: str | None) -> str:
+    return (budget or "").split(",")[0] or "none"
+
+
 def training_curves_figure(rows: Sequence[dict[str, Any]], colors: dict[str, Any]) -> Figure:
     """Training loss and validation RMSE per epoch; one row of panels per dataset, a line per run.
 
@@ -565,24 +590,27 @@ def training_curves_figure(rows: Sequence[dict[str, Any]], colors: dict[str, Any
     panel listing every seed grew taller than the panels once a results file held dozens of runs).
     """
     datasets = _order(r["dataset"] for r in rows)
+    styles = {"cpu": "-", "paper": "--"}  # any other preset: dotted
     fig, axes = _new_figure(2, nrows=len(datasets), width=5.0, height=3.2)
     for row, ds in enumerate(datasets):
         sel = [r for r in rows if r["dataset"] == ds]
-        runs = _order((r["model"], r["seed"]) for r in sel)
+        runs = _order((r["model"], r["seed"], r.get("budget")) for r in sel)
         for col, (metric, label) in enumerate(
             [("train_loss", "training loss (total objective)"), ("valid_rmse", "validation RMSE (rating points)")]
         ):
             ax = axes[row, col]
-            for model, seed in runs:
+            for model, seed, budget in runs:
                 pts = sorted(
                     (r["epoch"], _num(r[metric]))
                     for r in sel
-                    if (r["model"], r["seed"]) == (model, seed) and _num(r.get(metric)) is not None
+                    if (r["model"], r["seed"], r.get("budget")) == (model, seed, budget)
+                    and _num(r.get(metric)) is not None
                 )
                 if not pts:
                     continue
                 xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, color=colors[model], marker=".", alpha=0.9, linewidth=1)
+                style = styles.get(_preset_of(budget), ":")
+                ax.plot(xs, ys, color=colors[model], marker=".", alpha=0.9, linewidth=1, linestyle=style)
                 if metric == "valid_rmse":
                     best = int(np.argmin(ys))
                     ax.plot(xs[best], ys[best], "o", color=colors[model], markersize=8, markerfacecolor="none")
@@ -591,7 +619,16 @@ def training_curves_figure(rows: Sequence[dict[str, Any]], colors: dict[str, Any
             ax.set_title(f"{ds or 'dataset not recorded'}: {label.split(' (')[0]}")
             ax.grid(alpha=0.3)
     _model_legend(fig, colors, _order(r["model"] for r in rows), lines=True, ncols=3, fontsize=7)
-    fig.suptitle("Training curves, one line per run (circles: epoch kept, best validation RMSE)")
+    presets = _order(_preset_of(r.get("budget")) for r in rows if r.get("budget"))
+    if presets:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color="black", linestyle=styles.get(p, ":"), label=p) for p in presets]
+        fig.legend(handles=handles, loc="outside upper right", title="preset", fontsize=7, ncols=len(presets))
+    fig.suptitle(
+        "Training curves, one line per run: model (colour), preset (line style), seed and epoch budget\n"
+        "(circles: epoch kept, best validation RMSE)"
+    )
     return fig
 
 
