@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from cmcrec.artifacts import atomic_write_text
 from cmcrec.benchmarks.accuracy import shown_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -343,7 +344,7 @@ def main() -> None:
         else:
             lines += table_section(title, d, cols, d.get("what", ""))
             lines += per_relation_note(d)
-    args.out.write_text("\n".join(lines) + "\n")
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     if args.readme.is_file():
         refresh_readme(args.readme, r)
@@ -372,7 +373,7 @@ def refresh_readme(readme: Path, r: Path) -> None:
             block += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in render(d)]
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    readme.write_text(head + BEGIN + "\n" + "\n".join(block).replace("## ###", "###") + "\n" + END + tail)
+    atomic_write_text(readme, head + BEGIN + "\n" + "\n".join(block).replace("## ###", "###") + "\n" + END + tail)
     print(f"refreshed {readme}")
 
 

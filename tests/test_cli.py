@@ -106,6 +106,7 @@ def test_malformed_file_exit_2_names_line(capsys, tmp_path):
         (["train", "--model", "mf", "--rank-users", "0"], "--rank-users"),
         (["train", "--model", "mf", "--device", "tpu9"], "--device"),
         (["recommend", "--model", "/nonexistent/model", "--user", "1"], "no such model directory"),
+        (["sweep", "--model", "mf", "--dataset", "no-such-data", "--candidates", "-5"], "--candidates must be >= 0"),
     ],
 )
 def test_bad_flags_exit_2(capsys, argv, message):

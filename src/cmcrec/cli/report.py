@@ -140,6 +140,8 @@ def sweep_command(
     if max_train_ratings is not None and max_train_ratings < 2:
         raise ConfigError(f"--max-train-ratings must be >= 2, got {max_train_ratings}")
     resolve_device(device)
+    if candidates < 0:
+        raise ConfigError(f"--candidates must be >= 0 (0 = all items), got {candidates}")
     options = file_options(dataset, sep, duplicates, columns)
     fixed = _fixed(config)
     context = RunContext(device=device, num_workers=num_workers, seed=seed, progress=False)
