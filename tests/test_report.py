@@ -342,3 +342,16 @@ def test_accuracy_figure_survives_a_dataset_with_no_finite_rmse():
     ]
     fig = accuracy_figure(ResultFile(path=Path("accuracy.json"), payload={"rows": rows}, rows=rows), palette(["mccl"]))
     assert any(t.get_text() == "no finite RMSE" for t in fig.axes[0].texts)
+
+
+def test_provenance_names_every_command_a_study_file_records():
+    from cmcrec.report.html import _provenance
+    from cmcrec.report.plots import ResultFile
+
+    runs = [{"model": "mf", "command": c} for c in ("cmcrec a --seeds 0", "cmcrec a --seeds 1", "cmcrec a --seeds 0")]
+    src = ResultFile(path=Path("accuracy.json"), payload={"runs": runs}, rows=[])
+    assert src.commands == ["cmcrec a --seeds 0", "cmcrec a --seeds 1"]
+    text = _provenance(src)
+    assert "2 commands" in text and "--seeds 1" in text
+    one = ResultFile(path=Path("tau.json"), payload={"command": "cmcrec sweep"}, rows=[{"command": "cmcrec sweep"}])
+    assert "command: <code>cmcrec sweep</code>" in _provenance(one)

@@ -128,6 +128,7 @@ def popularity_payload(runs: Sequence[dict[str, Any]], catalogue: np.ndarray) ->
                 "decile_share": r["decile_share"],
                 "mean_popularity": r["mean_popularity"],
                 "num_recommendations": r["num_recommendations"],
+                "command": r.get("command"),
             }
             for r in runs
         ],

@@ -164,8 +164,14 @@ def _ranking_source(loaded: dict[str, ResultFile]) -> ResultFile | None:
 
 def _provenance(src: ResultFile) -> str:
     parts = [f"Source: <code>{html.escape(src.name)}</code>"]
-    command = src.command
-    parts.append(f"command: <code>{html.escape(command)}</code>" if command else "command: not recorded in the file")
+    commands = src.commands
+    if not commands:
+        parts.append("command: not recorded in the file")
+    elif len(commands) == 1:
+        parts.append(f"command: <code>{html.escape(commands[0])}</code>")
+    else:  # a study file gathering runs of several invocations: name them all
+        listed = "<br>".join(f"<code>{html.escape(c)}</code>" for c in commands)
+        parts.append(f"<details><summary>{len(commands)} commands</summary>{listed}</details>")
     if isinstance(src.payload.get("date"), str):
         parts.append(f"date: {html.escape(src.payload['date'])}")
     m = src.payload.get("machine")

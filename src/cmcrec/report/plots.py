@@ -72,12 +72,19 @@ class ResultFile:
     @property
     def command(self) -> str | None:
         """The command recorded in the file (top level, else its first row or run that has one)."""
-        if isinstance(self.payload.get("command"), str):
-            return self.payload["command"]
-        for r in [*self.rows, *self.payload.get("runs", [])]:
-            if isinstance(r, dict) and isinstance(r.get("command"), str):
-                return r["command"]
-        return None
+        found = self.commands
+        return found[0] if found else None
+
+    @property
+    def commands(self) -> list[str]:
+        """Every distinct command the file records: top level first, then its rows' and runs' in order
+        (a study file gathers runs of several invocations)."""
+        runs = self.payload.get("runs", [])
+        found = [
+            self.payload.get("command"),
+            *(r.get("command") for r in [*self.rows, *(runs if isinstance(runs, list) else [])] if isinstance(r, dict)),
+        ]
+        return list(dict.fromkeys(c for c in found if isinstance(c, str)))
 
     def require(self, rows: Iterable[tuple[int, dict[str, Any]]], fields: Sequence[str]) -> None:
         """Raise :class:`DataError` naming the file, row and field when a row lacks one of ``fields``."""
