@@ -355,3 +355,20 @@ def test_provenance_names_every_command_a_study_file_records():
     assert "2 commands" in text and "--seeds 1" in text
     one = ResultFile(path=Path("tau.json"), payload={"command": "cmcrec sweep"}, rows=[{"command": "cmcrec sweep"}])
     assert "command: <code>cmcrec sweep</code>" in _provenance(one)
+
+
+def test_ranking_figure_averages_seeds_into_one_bar_per_model_and_split():
+    from cmcrec.report.plots import ResultFile, palette, ranking_figure
+
+    rows = [
+        {"split": sp, "model": m, "seed": seed, "ndcg@10": base + 0.01 * seed}
+        for sp in ("ml-100k/u1", "douban/monti")
+        for m, base in (("mf", 0.05), ("mccl", 0.08))
+        for seed in (0, 1, 2)
+    ]
+    fig = ranking_figure(ResultFile(path=Path("blog.json"), payload={"rows": rows}, rows=rows), palette(["mf", "mccl"]))
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["mf (ml-100k/u1)", "mccl (ml-100k/u1)", "mf (douban/monti)", "mccl (douban/monti)"]
+    heights = [patch.get_height() for patch in ax.patches]
+    np.testing.assert_allclose(heights, [0.06, 0.09, 0.06, 0.09])

@@ -216,6 +216,15 @@ def test_blog_rows_popularity_file_and_resume(split, tmp_path, monkeypatch):
     again = blog.run_blog(split, ["mf", "igmc", "popularity"], [0], out, pop, candidates=10, extra=TINY)
     assert len(again["runs"]) == 3
 
+    # Another split into the same files: popularity.json keeps only rows its catalogue belongs to.
+    from dataclasses import replace
+
+    monkeypatch.undo()
+    other = replace(split, name="synthetic/other")
+    both = blog.run_blog(other, ["popularity"], [0], out, pop, candidates=10, extra=TINY, log=lambda s: None)
+    assert {r["split"] for r in both["runs"]} == {split.name, "synthetic/other"}
+    assert {r["split"] for r in json.loads(pop.read_text())["rows"]} == {"synthetic/other"}
+
 
 def test_blog_set_overrides_make_a_labelled_variant(split, tmp_path):
     out = tmp_path / "blog.json"

@@ -118,7 +118,8 @@ def popularity_payload(runs: Sequence[dict[str, Any]], catalogue: np.ndarray) ->
     return {
         "description": "Popularity profile of each model's top-10 lists over the test users with a relevant item: "
         "decile_share[d] = share of recommendation slots whose item is in popularity-rank decile d of the "
-        "catalogue (0 = most rated 10%); catalogue_popularity = training ratings per item, sorted descending.",
+        "catalogue (0 = most rated 10%); catalogue_popularity = training ratings per item, sorted descending. "
+        "Rows of the latest split's runs only (the catalogue is that split's).",
         "catalogue_popularity": [int(c) for c in np.sort(np.asarray(catalogue))[::-1]],
         "rows": [
             {
@@ -258,7 +259,9 @@ def run_blog(
             }
             write_results(out, payload)
             if popularity_out is not None:
-                write_results(popularity_out, popularity_payload(runs, catalogue))
+                # The catalogue is this split's: rows of runs on other splits would be read against it.
+                here = [r for r in runs if r["split"] == split.name]
+                write_results(popularity_out, popularity_payload(here, catalogue))
     if not payload:
         payload = {"rows": [], "runs": runs}
     return payload

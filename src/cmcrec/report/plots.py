@@ -250,22 +250,37 @@ def ranking_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
     metrics = ranking_metrics_present(sel)
     if not metrics:
         raise DataError("no ranking metric (recall@10, ndcg@10, coverage@10, ...) in any row", path=src.path)
-    datasets = _order(r.get("dataset") for r in sel)
+
+    def place(r: dict[str, Any]) -> Any:
+        return r.get("dataset") or r.get("split")
+
+    places = _order(place(r) for r in sel)
     models = _order(str(r["model"]) for r in sel)
+    # One bar per (model, dataset or split): per-seed rows (blog.json) are averaged, whiskers ± std.
+    groups = _order((str(r["model"]), place(r)) for r in sel)
     # Two panels a row, so many models still give a figure one can read at page width.
     ncols = min(2, len(metrics))
     nrows = -(-len(metrics) // ncols)
-    fig, axes = _new_figure(ncols, nrows=nrows, width=max(3.2, 0.7 * len(sel) + 1.2), height=4.0)
+    fig, axes = _new_figure(ncols, nrows=nrows, width=max(3.2, 0.7 * len(groups) + 1.2), height=4.0)
     for ax in axes.ravel()[len(metrics) :]:
         ax.set_visible(False)
     for ax, metric in zip(axes.ravel(), metrics, strict=False):
-        have = [r for r in sel if _num(r.get(metric)) is not None]
-        labels = [str(r["model"]) + (f" ({r.get('dataset')})" if len(datasets) > 1 else "") for r in have]
-        _bars(ax, labels, [r[metric] for r in have], [0.0] * len(have), [colors[str(r["model"])] for r in have])
+        stats, labels, bar_colors = [], [], []
+        for model, where in groups:
+            vals = [_num(r.get(metric)) for r in sel if (str(r["model"]), place(r)) == (model, where)]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                stats.append(_mean_std(vals))
+                labels.append(model + (f" ({where})" if len(places) > 1 else ""))
+                bar_colors.append(colors[model])
+        _bars(ax, labels, [m for m, _ in stats], [sd for _, sd in stats], bar_colors)
         ax.set_title(metric)
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.set_xlabel("model")
-    fig.suptitle("Full-catalogue top-10 ranking per model (higher is better; avg. popularity: lower = less biased)")
+    fig.suptitle(
+        "Full-catalogue top-10 ranking per model, mean ± std over seeds\n"
+        "(higher is better; avg. popularity: lower = less biased)"
+    )
     _model_legend(fig, colors, models)
     return fig
 
