@@ -99,6 +99,18 @@ def test_atomic_directory_restores_the_old_artifact_if_the_final_move_fails(tmp_
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_recover_directory_puts_back_what_a_crash_left_aside(tmp_path):
+    from cmcrec.artifacts import recover_directory
+
+    target = tmp_path / "run.checkpoint"
+    aside = tmp_path / ".run.checkpoint.old-abc"
+    aside.mkdir()
+    (aside / "state.json").write_text("{}")
+    assert recover_directory(target) is True
+    assert (target / "state.json").is_file() and not aside.exists()
+    assert recover_directory(target) is False  # present: left alone
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     split = low_rank_split(seed=4)

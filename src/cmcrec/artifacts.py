@@ -117,6 +117,19 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
         raise
 
 
+def recover_directory(final: str | Path) -> bool:
+    """Put back the artifact :func:`atomic_directory` had moved aside when a crash came between its
+    two renames (``final`` missing, ``.NAME.old-*`` present). Returns whether it did."""
+    final = Path(final)
+    if final.exists():
+        return False
+    aside = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not aside:
+        return False
+    os.replace(aside[-1], final)
+    return True
+
+
 def flatten_state(obj: Any, prefix: str = "s") -> tuple[Any, dict[str, torch.Tensor]]:
     """Split nested state into a JSON-able skeleton and a flat dict of tensors.
 

@@ -27,7 +27,14 @@ import numpy as np
 import torch
 
 from cmcrec._version import __version__
-from cmcrec.artifacts import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors, read_json
+from cmcrec.artifacts import (
+    atomic_directory,
+    atomic_save_tensors,
+    atomic_write_text,
+    load_tensors,
+    read_json,
+    recover_directory,
+)
 from cmcrec.candidates import ItemKNNCandidates
 from cmcrec.config import RunContext, TrainConfig
 from cmcrec.data.ratings import Ratings, RatingScale, Vocabulary
@@ -141,6 +148,8 @@ class Recommender:
         module = spec.build(config, data)
         trainer = Trainer(module, config, context, checkpoint_dir=checkpoint_dir)
         if resume:
+            if checkpoint_dir is not None:
+                recover_directory(checkpoint_dir)  # a crash mid-replace left only the previous checkpoint
             if checkpoint_dir is None or not (Path(checkpoint_dir) / "state.json").is_file():
                 raise ArtifactError(f"--resume: no checkpoint found in {checkpoint_dir}")
             trainer.load_checkpoint(checkpoint_dir)
