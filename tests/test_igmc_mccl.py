@@ -41,10 +41,10 @@ def make_batch(graphs) -> SubgraphBatch:
         item_pos.append(offset + 1)
         y.append(spec["y"])
         offset += nu + ni
-    edge_type = torch.tensor(typ + typ)
+    edge_type = torch.tensor(typ + typ, dtype=torch.int64)
     return SubgraphBatch(
         node_label=torch.tensor(labels),
-        edge_index=torch.tensor([src + dst, dst + src]),
+        edge_index=torch.tensor([src + dst, dst + src], dtype=torch.int64).reshape(2, -1),
         edge_type=edge_type,
         edge_value=edge_type.float() / (R - 1),
         node_graph=torch.tensor(node_graph),
@@ -278,6 +278,19 @@ def test_mccl_exact_and_sampled_view2_terms_options():
         assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ConfigError, match="kl_nodes"):
         MCCLConfig(kl_nodes=0)
+
+
+@pytest.mark.parametrize("kind", ["full", "view2"])
+def test_mccl_loss_is_finite_for_a_batch_without_edges(kind):
+    """Two pairs whose only ratings were the removed targets: empty subgraphs, nothing to reconstruct."""
+    empty = [{"users": 1, "items": 1, "ratings": [], "y": 4.0}, {"users": 1, "items": 1, "ratings": [], "y": 2.0}]
+    for overrides in ({"recon_edges": None}, {"recon_edges": 2}):
+        model = build(kind, **overrides)
+        model.train()
+        batch = make_batch(empty)
+        loss, parts = model.loss(batch, model(batch))
+        assert torch.isfinite(loss) and parts["recon"] == 0.0
+        loss.backward()
 
 
 def test_mccl_full_recon_option():

@@ -106,7 +106,9 @@ def variational_terms(
     t, r = targets.numel(), src.numel()
     z = mu[: t + 2 * r] + noise[: t + 2 * r] * std[: t + 2 * r]
     dot = (z[t : t + r] * z[t + r :]).sum(-1)  # (R,)
-    recon = F.mse_loss(torch.sigmoid(dot), value.to(dot.dtype))
+    # A batch whose subgraphs have no edge at all (each pair's only rating was the removed target) has
+    # nothing to reconstruct: 0, not the NaN of a mean over nothing.
+    recon = F.mse_loss(torch.sigmoid(dot), value.to(dot.dtype)) if r else dot.sum()
     m, ls, sd = mu[t + 2 * r :], logstd[t + 2 * r :], std[t + 2 * r :]
     kl = -0.5 * (1 + 2 * ls - m.pow(2) - sd * sd).sum(-1).mean()
     return z[:t], kl, recon
