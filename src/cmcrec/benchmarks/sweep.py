@@ -15,7 +15,7 @@ running the same command again adds trials to the same study.
 fixed, over seeds, and records validation RMSE next to the test metrics
 (reported, never used to choose).
 
-Optuna is an optional dependency (``pip install 'cmcrec[sweep]'``), imported
+Optuna is an optional dependency (``pip install -e '.[sweep]'``), imported
 only when a sweep runs.
 """
 
@@ -96,7 +96,7 @@ def import_optuna():
     try:
         import optuna
     except ImportError:
-        raise ConfigError("sweeps need Optuna, an optional dependency: pip install 'cmcrec[sweep]'") from None
+        raise ConfigError("sweeps need Optuna, an optional dependency: pip install -e '.[sweep]'") from None
     return optuna
 
 
