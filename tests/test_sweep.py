@@ -138,7 +138,7 @@ def test_bad_params_and_missing_optuna(monkeypatch):
     with pytest.raises(ConfigError, match="no search space for 'factors'"):
         sweep.check_params("mf", ["factors"])
     monkeypatch.setitem(sys.modules, "optuna", None)
-    with pytest.raises(ConfigError, match=r"pip install 'cmcrec\[sweep\]'"):
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[sweep\]'"):
         sweep.import_optuna()
 
 
