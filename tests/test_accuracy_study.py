@@ -251,3 +251,31 @@ def test_runs_differing_in_preset_or_epochs_are_different_runs_with_their_own_ar
     assert model_key("yahoo_music/monti", "mccl", {"ema_decay": 0.999}, 0, "paper", 12) == (
         "yahoo_music-monti-mccl-paper-e12-ema_decay0.999-s0"
     )
+
+
+def test_merge_accuracy_gathers_runs_and_records_the_merge(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from cmcrec.cli import main
+
+    def write(path, runs):
+        path.write_text(json.dumps({"rows": aggregate(runs), "runs": runs}))
+
+    table, a, b = tmp_path / "accuracy.json", tmp_path / "a.json", tmp_path / "b.json"
+    write(table, [_run("ml-100k", "mccl", 0, 0.90) | {"command": "cmcrec benchmark accuracy --seeds 0"}])
+    write(a, [_run("ml-100k", "mccl", 1, 0.92) | {"command": "cmcrec benchmark accuracy --seeds 1 --out a.json"}])
+    write(b, [_run("ml-100k", "mccl", 0, 0.99) | {"command": "other"}])  # the same run as one already there
+    argv = ["benchmark", "merge-accuracy", str(a), str(b), "--out", str(table), "--json"]
+    monkeypatch.setattr(sys, "argv", ["cmcrec", *argv])  # what the recorded command is read from
+    assert main(argv) == 0
+    saved = json.loads(table.read_text())
+    assert sorted(r["seed"] for r in saved["runs"]) == [0, 1]
+    (row,) = saved["rows"]
+    assert row["rmse_mean"] == pytest.approx(0.91) and row["seeds"] == [0, 1]
+    assert [(m["source"], m["added"], m["already_there"]) for m in saved["merges"]] == [(str(a), 1, 0), (str(b), 0, 1)]
+    assert all(m["command"] == "cmcrec " + " ".join(argv) for m in saved["merges"])
+    capsys.readouterr()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"runs": [{"dataset": "ml-100k"}]}))
+    assert main(["benchmark", "merge-accuracy", str(bad), "--out", str(table)]) == 2
+    assert "run 0 has no 'model'" in capsys.readouterr().err

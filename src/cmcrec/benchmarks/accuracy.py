@@ -28,6 +28,7 @@ from cmcrec.benchmarks.common import (
     write_results,
 )
 from cmcrec.config import RunContext
+from cmcrec.errors import ConfigError
 from cmcrec.evaluation.metrics import mae, rmse
 from cmcrec.models.presets import preset_overrides
 from cmcrec.models.registry import get_model
@@ -109,6 +110,7 @@ def run_accuracy(
 
     payload = load_results(out)
     runs: list[dict[str, Any]] = payload.get("runs", [])
+    merges = payload.get("merges")
     done = {_key(r) for r in runs}
     command = command_line()
     for dataset in datasets:
@@ -163,10 +165,10 @@ def run_accuracy(
                     f"{dataset:<12} {model_label(run):<10} seed {seed}: test RMSE {run['rmse']:.4f} "
                     f"(best epoch {run['best_epoch']}/{run['epochs_run']}, {run['wall_seconds']:.0f}s)"
                 )
-                payload = _payload(runs)
+                payload = _payload(runs, merges)
                 write_results(out, payload)
     if runs and payload.get("rows") != aggregate(runs):  # a file written by an older cmcrec: re-aggregate
-        payload = _payload(runs)
+        payload = _payload(runs, merges)
         write_results(out, payload)
     return payload
 
@@ -177,15 +179,65 @@ def _key(run: dict[str, Any]) -> tuple:
     return (run["dataset"], run["model"], run["seed"], run.get("preset"), overrides, run.get("epochs"))
 
 
-def _payload(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+def _payload(runs: list[dict[str, Any]], merges: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    payload = {
         "description": "Test RMSE on each dataset's standard split; epoch chosen on a validation "
-        "share of the training ratings; single models (no checkpoint ensembling).",
+        "share of the training ratings; single models (no checkpoint ensembling). Each run records the "
+        "command that trained it; `merges` records the commands that gathered runs from other files.",
         "rows": aggregate(runs),
         "runs": runs,
         "machine": machine(),
         "date": now(),
     }
+    if merges:
+        payload["merges"] = merges
+    return payload
+
+
+_RUN_FIELDS = ("dataset", "model", "seed", "rmse", "mae", "epochs", "best_epoch", "train_seconds", "command")
+
+
+def merge_accuracy(out: Path, sources: Sequence[Path], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Add the runs of other accuracy results files to ``out`` (runs ``out`` already holds are kept).
+
+    Long runs are often written to a file of their own (``--out /tmp/x.json``) and gathered
+    later; this records each gathering, with its command, under ``merges``, so the file says
+    how it was put together. Rows are re-aggregated.
+
+    Raises:
+        ConfigError: a source is missing, is not an accuracy results file, or has a run
+            without one of the fields every run records.
+    """
+    payload = load_results(out)
+    runs: list[dict[str, Any]] = payload.get("runs", [])
+    merges: list[dict[str, Any]] = list(payload.get("merges") or [])
+    have = {_key(r) for r in runs}
+    command = command_line()
+    for src in sources:
+        if not Path(src).is_file():
+            raise ConfigError(f"{src}: no such results file")
+        try:
+            data = json.loads(Path(src).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{src}: not a JSON results file ({e})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+            raise ConfigError(f"{src}: not an accuracy results file (no 'runs' list)")
+        added = kept = 0
+        for i, run in enumerate(data["runs"]):
+            missing = [f for f in _RUN_FIELDS if not isinstance(run, dict) or f not in run]
+            if missing:
+                raise ConfigError(f"{src}: run {i} has no {missing[0]!r}; not a cmcrec accuracy run")
+            if _key(run) in have:
+                kept += 1
+                continue
+            runs.append(run)
+            have.add(_key(run))
+            added += 1
+        merges.append({"source": str(src), "added": added, "already_there": kept, "command": command, "date": now()})
+        log(f"{src}: {added} run(s) added, {kept} already in {out}")
+    payload = _payload(runs, merges)
+    write_results(out, payload)
+    return payload
 
 
 def shown_preset(row: dict[str, Any]) -> str | None:

@@ -148,6 +148,27 @@ def accuracy(
         typer.echo(format_table(payload.get("rows", [])))
 
 
+@bench_app.command("merge-accuracy")
+def merge_accuracy_command(
+    sources: Annotated[list[Path], typer.Argument(help="Accuracy results files whose runs to add.")],
+    out: Annotated[Path, typer.Option("--out", help="The accuracy results file to add them to.")] = Path(
+        "benchmarks/results/accuracy.json"
+    ),
+    as_json: StudyJson = False,
+) -> None:
+    """Gather runs written to other files (--out of separate accuracy commands) into one table.
+
+    Runs already there are kept; the merge and its command are recorded under "merges".
+    """
+    from cmcrec.benchmarks.accuracy import format_table, merge_accuracy
+
+    payload = merge_accuracy(out, sources, log=_say)
+    if as_json:
+        print(json.dumps({"rows": payload.get("rows", [])}))
+    else:
+        typer.echo(format_table(payload.get("rows", [])))
+
+
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
