@@ -641,15 +641,9 @@ def training_curves_figure(rows: Sequence[dict[str, Any]], colors: dict[str, Any
             ax.set_title(f"{ds or 'dataset not recorded'}: {label.split(' (')[0]}")
             ax.grid(alpha=0.3)
     _model_legend(fig, colors, _order(r["model"] for r in rows), lines=True, ncols=3, fontsize=7)
-    presets = _order(_preset_of(r.get("budget")) for r in rows if r.get("budget"))
-    if presets:
-        from matplotlib.lines import Line2D
-
-        handles = [Line2D([], [], color="black", linestyle=styles.get(p, ":"), label=p) for p in presets]
-        fig.legend(handles=handles, loc="outside upper right", title="preset", fontsize=7, ncols=len(presets))
     fig.suptitle(
-        "Training curves, one line per run: model (colour), preset (line style), seed and epoch budget\n"
-        "(circles: epoch kept, best validation RMSE)"
+        "Training curves, one line per run (model, preset, epoch budget and seed); colour: model;\n"
+        "line: solid cpu preset, dashed paper, dotted other; circles: epoch kept (best validation RMSE)"
     )
     return fig
 
