@@ -20,6 +20,7 @@ import argparse
 import collections
 import hashlib
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "distinct_models": len(counts),
         "processes_per_model": sorted(counts.values(), reverse=True),
         "seconds": time.perf_counter() - t0,
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": "python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
         "date": now(),
     }
@@ -117,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.model:<8} {args.threads:>7} {str(result['warm_up']).lower():>8} {args.processes:>9} "
         f"{len(counts):>15}  {result['processes_per_model']}"
     )
-    if args.out is not None:  # rows accumulate: one per run (with and without the warm-up)
+    if args.out is not None:  # one row per setting (with and without the warm-up); a rerun replaces its own
         rows = json.loads(args.out.read_text()).get("rows", []) if args.out.is_file() else []
+        setting = ("model", "steps", "threads", "warm_up", "processes")
+        rows = [r for r in rows if tuple(r.get(k) for k in setting) != tuple(result[k] for k in setting)]
         rows.append(result)
         payload = {"rows": rows, "machine": result["machine"], "date": result["date"]}
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker(args)
         return
-    if args.epochs < 1:
-        raise SystemExit(f"--epochs must be >= 1, got {args.epochs}")
+    if args.epochs < 2:  # the first epoch is warm-up; the timed one must be another
+        raise SystemExit(f"--epochs must be >= 2 (the first epoch is not timed), got {args.epochs}")
     processes = _int_list(args.processes, "--processes")
     workers = _int_list(args.workers, "--workers")
     if min(processes) < 1:

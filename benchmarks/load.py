@@ -49,12 +49,18 @@ DEFAULT_MIX = "recommend=2,new-user=1,predict=1"
 class Result:
     """Latencies and failures of one endpoint."""
 
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # of successful requests only
     errors: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def sent(self) -> int:
+        return len(self.latencies_ms) + self.errors
+
     def add(self, ms: float, status: str, ok: bool) -> None:
-        self.latencies_ms.append(ms)
+        # A failed request's time (an instant 4xx, or a timeout) is no latency of the service.
+        if ok:
+            self.latencies_ms.append(ms)
         self.statuses[status] = self.statuses.get(status, 0) + 1
         self.errors += not ok
 
@@ -222,12 +228,12 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def summarise(results: dict[str, Result], seconds: float, args: argparse.Namespace, health: dict) -> dict:
     all_ms = [ms for r in results.values() for ms in r.latencies_ms]
-    n = len(all_ms)
+    n = sum(r.sent for r in results.values())
 
     def stats(ms: list[float], errors: int) -> dict:
         p50, p99 = percentile(ms, 50), percentile(ms, 99)
         return {
-            "requests": len(ms),
+            "requests": len(ms) + errors,
             "errors": errors,
             "p50_ms": None if p50 is None else round(p50, 2),
             "p99_ms": None if p99 is None else round(p99, 2),
@@ -235,9 +241,9 @@ def summarise(results: dict[str, Result], seconds: float, args: argparse.Namespa
 
     summary = stats(all_ms, sum(r.errors for r in results.values()))
     return summary | {
-        "rps": round(n / seconds, 1) if seconds > 0 else None,
+        "rps": round(len(all_ms) / seconds, 1) if seconds > 0 else None,  # successful requests
         "clients": args.clients,
-        "endpoint_mix": {name: len(r.latencies_ms) for name, r in results.items()},
+        "endpoint_mix": {name: r.sent for name, r in results.items()},
         "per_endpoint": {
             name: stats(r.latencies_ms, r.errors) | {"statuses": r.statuses} for name, r in results.items()
         },
@@ -286,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--requests must be in 1..1000000, got {args.requests}")
     if not 0 < args.max_seconds <= 3600:
         p.error(f"--max-seconds must be in (0, 3600], got {args.max_seconds}")
+    if not 1 <= args.k <= 1000:
+        p.error(f"--k must be in 1..1000, got {args.k}")
     mix = parse_mix(args.mix)
     workload = Workload(args.model, args.seed, k=args.k)
 
@@ -303,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
             summary = measure(url, wait_healthy(url, None, args.startup_seconds))
     line = json.dumps(summary)
     print(line if args.json else table(summary))
+    if summary["errors"]:
+        # Latencies of a run with failures do not describe the service: say so, write nothing.
+        print(f"load.py: {summary['errors']} request(s) failed; no results written", file=sys.stderr)
+        return 1
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, line + "\n")

@@ -292,14 +292,25 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     p.add_argument("--out", type=Path, help="write the results JSON here (atomically)")
     args = p.parse_args(argv)
-    ns = sorted({int(x) for x in args.ns.split(",") if x.strip()})
+    try:
+        ns = sorted({int(x) for x in args.ns.split(",") if x.strip()})
+    except ValueError:
+        p.error(f"--ns: need comma-separated positive integers, got {args.ns!r}")
     if not ns or ns[0] < 1:
         p.error(f"--ns: need positive integers, got {args.ns!r}")
     if args.users < 1 or args.calls < 1:
         p.error("--users and --calls must be >= 1")
     torch.set_num_threads(args.threads)
 
-    rec, split, model = load_or_train(args)
+    from cmcrec.errors import CmcrecError
+
+    try:
+        rec, split, model = load_or_train(args)
+    except CmcrecError as e:
+        p.error(str(e))
+    if getattr(rec.module, "score_all", None) is not None:
+        # Such a model ranks the whole catalogue for every request; the candidate step is never used.
+        p.error(f"{rec.model_name} scores the whole catalogue (no candidate step to study); give a subgraph model")
     result = run_serving(rec, split, ns, args.users, args.calls, args.seed)
     payload = {
         "description": "Share of the full-catalogue top-10 kept by the item-kNN candidate step at each N, and "

@@ -27,6 +27,7 @@ import argparse
 import itertools
 import json
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -101,9 +102,12 @@ def bench_training(model_name: str, graph, train, steps: int, device: str, num_w
         torch.cuda.synchronize()
     # The trainer's own loader. The clock starts when the first batch arrives (worker start-up is paid once per epoch of
     # ~1,600 batches, not per 40), before anything could be built ahead of the steps timed.
+    # Without workers, next() extracts the first batch in this process: that work is timed too.
+    t0 = time.perf_counter()
     it = iter(batch_loader(rows, batches[2:], num_workers))
     first = next(it)
-    t0 = time.perf_counter()
+    if num_workers > 0:
+        t0 = time.perf_counter()
     n = 0
     for b in itertools.chain([first], it):
         step(b)
@@ -143,11 +147,24 @@ def main(argv: list[str] | None = None) -> int:
     from cmcrec.artifacts import atomic_write_text
     from cmcrec.benchmarks.common import machine
     from cmcrec.data.datasets import load_split
+    from cmcrec.errors import CmcrecError
     from cmcrec.graph.csr import RatingGraph
+    from cmcrec.models.registry import get_model
     from cmcrec.training.allocator import tune_cpu_allocator
+    from cmcrec.training.trainer import resolve_device
+
+    # Every flag is checked before anything is timed.
+    try:
+        for name in args.models.split(","):
+            get_model(name)
+        resolve_device(args.device)
+        if args.num_workers < 0 or args.repeats < 1:
+            raise CmcrecError(f"--num-workers must be >= 0 and --repeats >= 1, got {args.num_workers}, {args.repeats}")
+        train = load_split("ml-100k", "u1", data_dir=args.data_dir).train
+    except CmcrecError as e:
+        p.error(str(e))
 
     malloc_tuned = args.device == "cpu" and tune_cpu_allocator()  # as the trainer does
-    train = load_split("ml-100k", "u1", data_dir=args.data_dir).train
     graph = RatingGraph.from_ratings(train)
     rng = np.random.default_rng(args.seed)
     steps = 6 if args.quick else 40
@@ -168,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_workers": args.num_workers,
         "torch_threads": torch.get_num_threads(),
         "malloc_tuned": malloc_tuned,
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": "python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

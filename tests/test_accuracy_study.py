@@ -279,3 +279,22 @@ def test_merge_accuracy_gathers_runs_and_records_the_merge(tmp_path, capsys, mon
     bad.write_text(json.dumps({"runs": [{"dataset": "ml-100k"}]}))
     assert main(["benchmark", "merge-accuracy", str(bad), "--out", str(table)]) == 2
     assert "run 0 has no 'model'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["/venv/bin/cmcrec", "benchmark", "accuracy", "--out", "a b.json"],
+            "cmcrec benchmark accuracy --out 'a b.json'",
+        ),
+        (["benchmarks/serving.py", "--model", "m"], "python benchmarks/serving.py --model m"),
+    ],
+)
+def test_command_line_records_a_runnable_command(monkeypatch, argv, expected):
+    import sys
+
+    from cmcrec.benchmarks.common import command_line
+
+    monkeypatch.setattr(sys, "argv", argv)
+    assert command_line() == expected

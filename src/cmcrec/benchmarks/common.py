@@ -43,7 +43,10 @@ def machine() -> dict[str, Any]:
 
 def command_line() -> str:
     argv = list(sys.argv)
-    argv[0] = "cmcrec" if argv[0].endswith(("cmcrec", "__main__.py")) else argv[0]
+    if argv[0].endswith(("cmcrec", "__main__.py")):
+        argv[0] = "cmcrec"
+    elif argv[0].endswith(".py"):  # a benchmark script: not executable by itself
+        argv.insert(0, "python")
     return " ".join(shlex.quote(a) for a in argv)
 
 
