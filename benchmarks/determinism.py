@@ -20,7 +20,6 @@ import argparse
 import collections
 import hashlib
 import json
-import shlex
 import subprocess
 import sys
 import time
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from cmcrec.artifacts import atomic_write_text
-    from cmcrec.benchmarks.common import machine, now
+    from cmcrec.benchmarks.common import command_line, machine, now
 
     cmd = [sys.executable, __file__, "--child", "--threads", str(args.threads), "--model", args.model]
     cmd += ["--steps", str(args.steps), "--data-dir", args.data_dir] + (["--no-warm-up"] if args.no_warm_up else [])
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "distinct_models": len(counts),
         "processes_per_model": sorted(counts.values(), reverse=True),
         "seconds": time.perf_counter() - t0,
-        "command": "python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line(argv),
         "machine": machine(),
         "date": now(),
     }

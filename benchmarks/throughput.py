@@ -27,7 +27,6 @@ import argparse
 import itertools
 import json
 import resource
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from cmcrec.artifacts import atomic_write_text
-    from cmcrec.benchmarks.common import machine
+    from cmcrec.benchmarks.common import command_line, machine
     from cmcrec.data.datasets import load_split
     from cmcrec.errors import CmcrecError
     from cmcrec.graph.csr import RatingGraph
@@ -154,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     from cmcrec.training.trainer import resolve_device
 
     # Every flag is checked before anything is timed.
+    if args.num_workers < 0 or args.repeats < 1:
+        p.error(f"--num-workers must be >= 0 and --repeats >= 1, got {args.num_workers}, {args.repeats}")
     try:
         for name in args.models.split(","):
             get_model(name)
         resolve_device(args.device)
-        if args.num_workers < 0 or args.repeats < 1:
-            raise CmcrecError(f"--num-workers must be >= 0 and --repeats >= 1, got {args.num_workers}, {args.repeats}")
         train = load_split("ml-100k", "u1", data_dir=args.data_dir).train
     except CmcrecError as e:
         p.error(str(e))
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_workers": args.num_workers,
         "torch_threads": torch.get_num_threads(),
         "malloc_tuned": malloc_tuned,
-        "command": "python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line(argv),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -87,6 +87,11 @@ def read_json(path: str | Path) -> Any:
         raise ArtifactError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
+def _aside_prefix(final: Path) -> str:
+    """Name prefix of the folder :func:`atomic_directory` moves an existing artifact to while replacing it."""
+    return f".{final.name}.old-"
+
+
 @contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Build a directory in a temporary sibling; move it into place only on success.
@@ -102,7 +107,7 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
         os.chmod(tmp, _umask_mode(0o777))
         if final.exists():
             # A fresh name: a leftover from a crashed process (whose pid may repeat) cannot block it.
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
+            old = final.with_name(f"{_aside_prefix(final)}{uuid.uuid4().hex}")
             os.replace(final, old)
             try:
                 os.replace(tmp, final)
@@ -123,7 +128,7 @@ def recover_directory(final: str | Path) -> bool:
     final = Path(final)
     if final.exists():
         return False
-    aside = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    aside = sorted(final.parent.glob(f"{_aside_prefix(final)}*"), key=lambda p: p.stat().st_mtime)
     if not aside:
         return False
     os.replace(aside[-1], final)

@@ -41,8 +41,10 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def command_line() -> str:
-    argv = list(sys.argv)
+def command_line(args: list[str] | None = None) -> str:
+    """The running command as one shell line; ``args`` replaces ``sys.argv[1:]`` (a script's
+    ``main(argv)`` called from Python)."""
+    argv = [sys.argv[0], *(sys.argv[1:] if args is None else args)]
     if argv[0].endswith(("cmcrec", "__main__.py")):
         argv[0] = "cmcrec"
     elif argv[0].endswith(".py"):  # a benchmark script: not executable by itself

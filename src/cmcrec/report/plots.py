@@ -544,7 +544,8 @@ def inductive_figure(src: ResultFile, colors: dict[str, Any]) -> Figure:
 
 
 def training_curve_rows(src: ResultFile) -> list[dict[str, Any]]:
-    """Per-epoch rows ``{model, dataset, seed, epoch, train_loss, valid_rmse}`` from any supported layout.
+    """Per-epoch rows ``{model, dataset, seed, preset, epochs_budget, epoch, train_loss, valid_rmse}`` from any
+    supported layout (``preset`` and ``epochs_budget`` as a results file's runs record them, else None).
 
     Layouts: ``training_curves.json`` rows; a ``*history*.json`` holding a list of
     epoch records or ``{"history": [...], "model": ..., "dataset": ...}``; a
@@ -553,7 +554,9 @@ def training_curve_rows(src: ResultFile) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     default_model = src.path.stem.replace("history", "").strip("_-. ") or "model"
 
-    def add(history: Any, model: Any, dataset: Any, seed: Any, where: str, budget: str | None = None) -> None:
+    def add(
+        history: Any, model: Any, dataset: Any, seed: Any, where: str, preset: Any = None, budget: Any = None
+    ) -> None:
         if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
             raise DataError(f"{where}: 'history' must be a list of epoch objects", path=src.path, field="history")
         for j, h in enumerate(history):
@@ -564,7 +567,8 @@ def training_curve_rows(src: ResultFile) -> list[dict[str, Any]]:
                     "model": str(model),
                     "dataset": dataset,
                     "seed": seed,
-                    "budget": budget,
+                    "preset": preset,
+                    "epochs_budget": budget,
                     "epoch": h["epoch"],
                     "train_loss": h.get("train_loss"),
                     "valid_rmse": h.get("valid_rmse"),
@@ -579,8 +583,15 @@ def training_curve_rows(src: ResultFile) -> list[dict[str, Any]]:
             # A run trained with --set overrides is its own curve (model_label), not merged with the plain one.
             label = model_label(run) if "model" in run else default_model
             # So are runs of one model and seed at another preset or epoch budget (a line each).
-            budget = f"{run.get('preset') or 'no preset'}, {run.get('epochs', '?')} epochs"
-            add(run["history"], label, run.get("dataset"), run.get("seed"), f"run {i}", budget)
+            add(
+                run["history"],
+                label,
+                run.get("dataset"),
+                run.get("seed"),
+                f"run {i}",
+                run.get("preset"),
+                run.get("epochs"),
+            )
     epoch_rows = [(i, r) for i, r in enumerate(src.rows) if "epoch" in r]
     if epoch_rows and not any("history" in r for r in src.rows):
         src.require(epoch_rows, ("epoch",))
@@ -601,8 +612,9 @@ def training_curve_rows(src: ResultFile) -> list[dict[str, Any]]:
     return out
 
 
-def _preset_of(budget: str | None) -> str:
-    return (budget or "").split(",")[0] or "none"
+def _curve_key(row: dict[str, Any]) -> tuple:
+    """What makes one line: model, seed, preset and epoch budget."""
+    return (row["model"], row["seed"], row.get("preset"), row.get("epochs_budget"))
 
 
 def training_curves_figure(rows: Sequence[dict[str, Any]], colors: dict[str, Any]) -> Figure:
@@ -616,22 +628,22 @@ def training_curves_figure(rows: Sequence[dict[str, Any]], colors: dict[str, Any
     fig, axes = _new_figure(2, nrows=len(datasets), width=5.0, height=3.2)
     for row, ds in enumerate(datasets):
         sel = [r for r in rows if r["dataset"] == ds]
-        runs = _order((r["model"], r["seed"], r.get("budget")) for r in sel)
+        runs = _order(_curve_key(r) for r in sel)
         for col, (metric, label) in enumerate(
             [("train_loss", "training loss (total objective)"), ("valid_rmse", "validation RMSE (rating points)")]
         ):
             ax = axes[row, col]
-            for model, seed, budget in runs:
+            for key in runs:
+                model, preset = key[0], key[2]
                 pts = sorted(
                     (r["epoch"], _num(r[metric]))
                     for r in sel
-                    if (r["model"], r["seed"], r.get("budget")) == (model, seed, budget)
-                    and _num(r.get(metric)) is not None
+                    if _curve_key(r) == key and _num(r.get(metric)) is not None
                 )
                 if not pts:
                     continue
                 xs, ys = zip(*pts, strict=True)
-                style = styles.get(_preset_of(budget), ":")
+                style = styles.get(preset, ":")
                 ax.plot(xs, ys, color=colors[model], marker=".", alpha=0.9, linewidth=1, linestyle=style)
                 if metric == "valid_rmse":
                     best = int(np.argmin(ys))

@@ -397,8 +397,12 @@ class Trainer:
         stopped_early = False
         amp = ctx.bf16 and self.device.type == "cuda"
         flush = self.device.type == "cpu"  # GPUs compute on subnormals at full speed
+
+        def patience_spent(epochs_done: int) -> bool:
+            return cfg.patience is not None and epochs_done - self.patience_epoch >= cfg.patience
+
         for epoch in range(self.start_epoch, cfg.epochs):
-            if cfg.patience is not None and epoch > 0 and epoch - self.patience_epoch >= cfg.patience:
+            if epoch > 0 and patience_spent(epoch):
                 stopped_early = True  # a resumed run that had already stopped early stays stopped
                 break
             if hasattr(train_batcher, "set_epoch"):
@@ -469,7 +473,7 @@ class Trainer:
             if log is not None and ctx.is_main:
                 log(record)
             self.save_checkpoint(epoch)
-            if cfg.patience is not None and epoch + 1 - self.patience_epoch >= cfg.patience:
+            if patience_spent(epoch + 1):
                 stopped_early = True
                 break
         if self.best_state is None:
