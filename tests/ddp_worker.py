@@ -10,7 +10,8 @@ start-up cost (interpreters, rendezvous) is paid once per model:
    rank 0, single-process on the same rows;
 3. resumes a copy of its own checkpoint for one more epoch and trains the same
    ``--epochs + 1`` epochs straight, to compare (N → N resume);
-4. with ``--resume-from``, resumes a checkpoint a single process wrote (1 → N).
+4. with ``--resume-from``, resumes a checkpoint a single process wrote (1 → N);
+5. counts the DDP wrappers still alive before it leaves the process group.
 
 Rank 0 writes ``WORKDIR/result.json``; other ranks write nothing.
 """
@@ -18,6 +19,7 @@ Rank 0 writes ``WORKDIR/result.json``; other ranks write nothing.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import shutil
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -130,6 +133,11 @@ def main() -> None:
         out["from_single_history"] = from_single.training["history"]
         out["from_single_params_identical"], _ = _identical_across_ranks(from_single.module, ctx)
 
+    # 5. No DDP wrapper may outlive the process group: every trainer above (the evaluator, the fitted
+    # recommenders) is still alive here, and a wrapper freed after destroy_process_group aborts gloo
+    # now and then at interpreter exit.
+    gc.collect()
+    out["live_ddp_wrappers"] = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
     if ctx.is_main:
         (args.workdir / "result.json").write_text(json.dumps(out))
     dist_utils.shutdown()

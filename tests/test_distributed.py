@@ -136,6 +136,9 @@ def test_two_processes_against_one(tmp_path, model, config):
     assert _rmses(resumed.training["history"])[:EPOCHS] == _rmses(r["history"])
     assert len(resumed.training["history"]) == EPOCHS + 1
 
+    # (d) No trainer keeps a DDP wrapper past fit: freed after the process group, it can abort gloo.
+    assert r["live_ddp_wrappers"] == 0
+
     # Only rank 0 wrote files: one checkpoint per fit, the result, nothing else.
     assert sorted(p.name for p in work.iterdir()) == ["ddp_ckpt", "ddp_ckpt_resumed", "from_single", "result.json"]
     assert sorted(p.name for p in (work / "ddp_ckpt").iterdir()) == ["state.json", "state.safetensors"]

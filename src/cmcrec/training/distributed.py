@@ -111,6 +111,24 @@ def wrap_model(
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
 
+def broadcast_module_(model: torch.nn.Module, device: torch.device, context: RunContext) -> None:
+    """Copy rank 0's parameters and buffers to every rank, in place (no-op outside a process group).
+
+    What DDP does when it wraps a module; the trainer does it when it is built,
+    so weight averaging starts from the same weights on every rank, and wraps
+    the module only for the length of :meth:`Trainer.fit`.
+    """
+    if context.world_size <= 1 or not is_distributed():
+        return
+    target = _collective_device(device)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            shared = tensor.detach().to(target)
+            dist.broadcast(shared, src=0)
+            if shared.data_ptr() != tensor.data_ptr():
+                tensor.copy_(shared)
+
+
 def _collective_device(device: torch.device) -> torch.device:
     # NCCL only moves CUDA tensors; gloo is happiest with CPU ones.
     if is_distributed() and dist.get_backend() == "nccl":

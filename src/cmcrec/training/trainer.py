@@ -241,7 +241,7 @@ class Trainer:
             tune_cpu_allocator()
         self.model = model.to(self.device)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self.engine = dist_utils.wrap_model(self.model, self.device, self.context)
+        dist_utils.broadcast_module_(self.model, self.device, self.context)
         self.optimizer = make_optimizer(self.model, config, self.device)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=config.lr_decay_step, gamma=config.lr_decay_factor
@@ -398,6 +398,11 @@ class Trainer:
         amp = ctx.bf16 and self.device.type == "cuda"
         flush = self.device.type == "cpu"  # GPUs compute on subnormals at full speed
 
+        # DDP-wrapped for this call only: a wrapper kept on the trainer outlived the process group in a
+        # trainer built just to evaluate, and its reducer, freed at interpreter exit, aborted gloo now and
+        # then ("terminate called without an active exception"). Unreachable once fit returns.
+        engine = dist_utils.wrap_model(self.model, self.device, ctx)
+
         def patience_spent(epochs_done: int) -> bool:
             return cfg.patience is not None and epochs_done - self.patience_epoch >= cfg.patience
 
@@ -423,7 +428,7 @@ class Trainer:
             for step, batch in enumerate(bar, 1):
                 batch = batch.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                    output = self.engine(batch)
+                    output = engine(batch)
                     loss, parts = self.model.loss(batch, output)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
