@@ -3,10 +3,12 @@ fast vectorised code checked against the slow oracle in ``subgraph_oracle``."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from subgraph_oracle import DictGraph, oracle_batch
@@ -240,15 +242,18 @@ extraction_settings = settings(max_examples=300, deadline=None)
     hops=st.sampled_from([1, 2]),
     cap=st.sampled_from([None, 1, 2, 3]),
     dense=st.booleans(),
+    torch_scan=st.booleans(),
 )
-def test_deterministic_equals_oracle(data, hops, cap, dense):
+def test_deterministic_equals_oracle(data, hops, cap, dense, torch_scan):
     graph, users, items = data
-    saved = subgraph_module._DENSE_LOOKUP_MAX
+    saved, saved_scan = subgraph_module._DENSE_LOOKUP_MAX, subgraph_module._scan_kernels
     subgraph_module._DENSE_LOOKUP_MAX = saved if dense else 0  # also test the binary-search path
+    if torch_scan:  # the ratings scan without the compiled kernel (where it is built, it runs otherwise)
+        subgraph_module._scan_kernels = lambda: None
     try:
         batch, node_index = extract_subgraphs_with_nodes(graph, users, items, max_nodes_per_hop=cap, hops=hops)
     finally:
-        subgraph_module._DENSE_LOOKUP_MAX = saved
+        subgraph_module._DENSE_LOOKUP_MAX, subgraph_module._scan_kernels = saved, saved_scan
     expected = oracle_batch(DictGraph.from_rating_graph(graph), users, items, hops, cap)
     assert as_lists(batch, node_index) == expected
     assert batch.num_labels == 2 * (hops + 1)
@@ -290,6 +295,37 @@ def test_random_sampling_invariants(data, hops, cap, seed):
     # (induced ratings in both directions, target rating absent).
     expected = oracle_batch(DictGraph.from_rating_graph(graph), users, items, hops, cap, choose=replay)
     assert as_lists(batch, node_index) == expected
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernels with")
+@settings(max_examples=100, deadline=None)
+@given(
+    data=graphs_and_targets(), hops=st.sampled_from([1, 2]), cap=st.sampled_from([None, 1, 3]), seed=st.integers(0, 9)
+)
+def test_ratings_scan_kernel_equals_pytorch_path(data, hops, cap, seed):
+    """The compiled ratings scan and the PyTorch one give the same batch, tensor for tensor and dtype for
+    dtype, sampled (training) and deterministic (evaluation)."""
+    from cmcrec.models.kernels import cpu_kernels
+
+    assert cpu_kernels() is not None
+    graph, users, items = data
+
+    def both(rng_seed):
+        out = []
+        for scan in (subgraph_module._scan_kernels, lambda: None):
+            rng = None if rng_seed is None else np.random.default_rng(rng_seed)
+            saved = subgraph_module._scan_kernels
+            subgraph_module._scan_kernels = scan
+            try:
+                out.append(extract_subgraphs(graph, users, items, max_nodes_per_hop=cap, hops=hops, rng=rng))
+            finally:
+                subgraph_module._scan_kernels = saved
+        return out
+
+    for fused, reference in (both(None), both(seed)):
+        for name in ("node_label", "edge_index", "edge_type", "edge_value", "node_graph", "user_pos", "item_pos"):
+            a, b = getattr(fused, name), getattr(reference, name)
+            assert a.dtype == b.dtype and torch.equal(a, b), name
 
 
 @settings(max_examples=60, deadline=None)

@@ -19,8 +19,11 @@ the smallest :func:`node_hash` of ``(target user, target item, candidate)``
 The edges are every training rating between a selected user and a selected
 item, in both directions, except the target rating ``(u, i)`` itself.
 
-Everything is NumPy over the :class:`~cmcrec.graph.csr.RatingGraph` arrays:
-the batch is processed at once, with a Python loop over hops only.
+Everything is NumPy and PyTorch over the :class:`~cmcrec.graph.csr.RatingGraph`
+arrays: the batch is processed at once, with a Python loop over hops only. The
+largest step, scanning every rating of the selected users for items selected in
+the same subgraph, runs as one compiled loop when the CPU kernels are built
+(:mod:`cmcrec.models.kernels`; the PyTorch path gives the same batch otherwise).
 """
 
 from __future__ import annotations
@@ -117,6 +120,14 @@ def _repeat(
     step[1:] -= v[:-1]
     out[seg_start[nonempty]] = step.to(dtype)
     return torch.cumsum(out, 0, dtype=dtype)
+
+
+def _scan_kernels():
+    """The compiled CPU kernels for the ratings scan (:func:`extract_subgraphs_with_nodes`), or ``None``
+    (disabled, or no build: the PyTorch path then runs, with the same result)."""
+    from cmcrec.models.kernels import cpu_kernels
+
+    return cpu_kernels()
 
 
 def _in_sorted(keys: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -277,55 +288,64 @@ def extract_subgraphs_with_nodes(
     u_graph, u_node, u_id = u_graph[order], u_node[order], u_id[order]
 
     # All ratings of the selected users; keep those whose item is selected in the same graph.
-    # These are the batch's biggest arrays (every rating of every selected user, several times
-    # the kept edges), so this part runs in torch: its gathers use every intra-op thread, and
-    # runs and repeats are one cumulative sum each (see _runs) instead of repeat + arange.
     indptr, rated_item, rated_type, rated_value = graph.user_tensors()
     i_key = np.concatenate([item_groups[h] for h in range(hops + 1)])
     i_id = np.concatenate([node_id[2 * h + 1] for h in range(hops + 1)])
     u_node_t = torch.from_numpy(u_node)
-    starts = indptr.index_select(0, u_node_t)
-    lens = indptr.index_select(0, u_node_t + 1) - starts
-    total = int(lens.sum())
-    seg_start = torch.cumsum(lens, 0) - lens
-    pos = _runs(starts, lens, seg_start, total, torch.int32 if graph.num_edges < 2**31 else torch.int64)
-    dense = B * ni <= _DENSE_LOOKUP_MAX
-    # graph * ni + item: membership and local id in one look-up.
-    query = _repeat(torch.from_numpy(u_graph * ni), lens, seg_start, total, torch.int32 if dense else torch.int64)
-    query += rated_item.index_select(0, pos)
     i_key_t = torch.from_numpy(i_key)
     i_id_t = torch.from_numpy(i_id).to(torch.int32 if N < 2**31 else torch.int64)
-    if dense:
+    dense = B * ni <= _DENSE_LOOKUP_MAX
+    if dense:  # graph * ni + item: membership and local id in one look-up.
         lookup = torch.full((B * ni,), -1, dtype=i_id_t.dtype)
         lookup[i_key_t] = i_id_t
-        dst = lookup.index_select(0, query)
-    else:
-        i_key_t, order = torch.sort(i_key_t)
-        i_id_t = i_id_t.index_select(0, order)
-        at = torch.searchsorted(i_key_t, query).clamp_(max=max(i_key_t.numel() - 1, 0))
-        dst = torch.where(i_key_t.index_select(0, at) == query, i_id_t.index_select(0, at), -1)
-    # Drop the target rating: it sits in the target user's list (first node of its graph).
+    # The target rating is dropped: it sits in the target user's list (the first user node of its graph).
     target = graph.edge_position(users, items)
     has = target >= 0
-    # Target users are the first user of each graph: segment index = user node run start.
     first_user_seg = np.searchsorted(u_id, user_pos)
-    drop = seg_start.numpy()[first_user_seg[has]] + (target[has] - graph.user_indptr[users[has]])
-    dst[torch.from_numpy(drop)] = -1
-    kept = torch.from_numpy(np.flatnonzero((dst >= 0).numpy()))  # NumPy's is about twice torch's nonzero
+    kernels = _scan_kernels() if dense else None
+    if kernels is not None:
+        skip = np.full(u_id.shape[0], -1, dtype=np.int64)
+        skip[first_user_seg[has]] = target[has]
+        per_seg, dst, pos = kernels.extraction_scan(
+            indptr, rated_item, u_node_t, torch.from_numpy(u_graph), torch.from_numpy(skip), lookup, ni
+        )
+    else:
+        # These are the batch's biggest arrays (every rating of every selected user, several times
+        # the kept edges), so this part runs in torch: its gathers use every intra-op thread, and
+        # runs and repeats are one cumulative sum each (see _runs) instead of repeat + arange.
+        starts = indptr.index_select(0, u_node_t)
+        lens = indptr.index_select(0, u_node_t + 1) - starts
+        total = int(lens.sum())
+        seg_start = torch.cumsum(lens, 0) - lens
+        pos = _runs(starts, lens, seg_start, total, torch.int32 if graph.num_edges < 2**31 else torch.int64)
+        query = _repeat(torch.from_numpy(u_graph * ni), lens, seg_start, total, torch.int32 if dense else torch.int64)
+        query += rated_item.index_select(0, pos)
+        if dense:
+            dst = lookup.index_select(0, query)
+        else:
+            i_key_t, order = torch.sort(i_key_t)
+            i_id_t = i_id_t.index_select(0, order)
+            at = torch.searchsorted(i_key_t, query).clamp_(max=max(i_key_t.numel() - 1, 0))
+            dst = torch.where(i_key_t.index_select(0, at) == query, i_id_t.index_select(0, at), -1)
+        drop = seg_start.numpy()[first_user_seg[has]] + (target[has] - graph.user_indptr[users[has]])
+        dst[torch.from_numpy(drop)] = -1
+        kept = torch.from_numpy(np.flatnonzero((dst >= 0).numpy()))  # NumPy's is about twice torch's nonzero
+        bounds = torch.cat([seg_start, seg_start.new_tensor([total])])
+        per_seg = torch.diff(torch.searchsorted(kept, bounds))
+        dst = dst.index_select(0, kept).long()
+        pos = pos.index_select(0, kept)
     # Source of each kept rating: its list's user, repeated per kept entry.
-    bounds = torch.cat([seg_start, seg_start.new_tensor([total])])
-    per_seg = torch.diff(torch.searchsorted(kept, bounds))
-    E = kept.numel()
+    E = dst.numel()
     src = _repeat(torch.from_numpy(u_id), per_seg, torch.cumsum(per_seg, 0) - per_seg, E, torch.int64)
-    dst = dst.index_select(0, kept).long()
-    pos = pos.index_select(0, kept)
-    # Canonical order: by (source user, destination item). Sources already ascend, and items
-    # ascend by index within a source, but a source's items are ordered by label first (the
-    # target item leads): a stable sort of this nearly sorted key is cheap (NumPy's finds the
-    # sorted runs; torch's stable sort is a full radix sort) and leaves ``src`` as it is.
-    order = torch.from_numpy(np.argsort((src * N + dst).numpy(), kind="stable"))
-    dst = dst.index_select(0, order)
-    pos = pos.index_select(0, order)
+    if kernels is None:
+        # Canonical order: by (source user, destination item). Sources already ascend, and items
+        # ascend by index within a source, but a source's items are ordered by label first (the
+        # target item leads): a stable sort of this nearly sorted key is cheap (NumPy's finds the
+        # sorted runs; torch's stable sort is a full radix sort) and leaves ``src`` as it is.
+        # The kernel's scan returns this order already.
+        order = torch.from_numpy(np.argsort((src * N + dst).numpy(), kind="stable"))
+        dst = dst.index_select(0, order)
+        pos = pos.index_select(0, order)
     edge_index = torch.empty((2, 2 * E), dtype=torch.int64)
     edge_index[0, :E] = src
     edge_index[1, :E] = dst

@@ -8,7 +8,9 @@ mask and two sparse products over another ``(M, H)`` buffer.
 without the buffer (see :class:`cmcrec.models.layers.EdgeScorer`). It also
 holds the scorers' per-subgraph rescaling, the paired batch graph's counting
 sort, edge dropout's recount and the per-rating scorer rows
-(:class:`cmcrec.models.layers.RelationalGraph`; ``docs/ARCHITECTURE.md``).
+(:class:`cmcrec.models.layers.RelationalGraph`; ``docs/ARCHITECTURE.md``), and
+subgraph extraction's scan of the selected users' ratings
+(:func:`cmcrec.graph.subgraph.extract_subgraphs`).
 
 The source is compiled with :func:`torch.utils.cpp_extension.load` (a C++
 compiler and ``ninja`` are needed; both are in the default Linux set-up) into

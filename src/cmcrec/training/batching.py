@@ -137,6 +137,11 @@ class SubgraphBatcher(_SeededBatcher):
         self.rank_negatives = rank_negatives
         self.rank_threshold = rank_threshold
         self._unrated_keys = unrated_keys(graph) if rank_negatives else None
+        # Extraction's compiled scan, loaded here in the process that starts the DataLoader workers:
+        # forked workers inherit it rather than each loading the build again every epoch.
+        from cmcrec.models.kernels import cpu_kernels
+
+        cpu_kernels()
 
     def __call__(self, users: np.ndarray, items: np.ndarray, y: np.ndarray | None = None) -> SubgraphBatch:
         from cmcrec.graph.subgraph import extract_subgraphs

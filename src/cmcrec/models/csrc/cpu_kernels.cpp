@@ -1,4 +1,5 @@
-// Fused CPU kernels for MCCL's edge scorer (cmcrec.models.kernels builds this on first use).
+// Fused CPU kernels for MCCL's edge scorer and for subgraph extraction's ratings scan
+// (cmcrec.models.kernels builds this on first use).
 //
 // The scorer's hidden layer over M scorer rows (one per rating, or per directed edge):
 //
@@ -26,6 +27,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -450,7 +452,83 @@ std::vector<torch::Tensor> paired_scorer_rows(torch::Tensor src, torch::Tensor d
   return {src_crow, src_col, dst_crow, dst_col, pairs, key_half};
 }
 
+// Subgraph extraction's scan (cmcrec.graph.subgraph): segment s is the rating list of the selected user
+// u_node[s] of subgraph u_graph[s] (CSR rows indptr, items rated_item). Rating p is kept when its item is
+// selected in the same subgraph, id = lookup[u_graph[s] * num_items + rated_item[p]] >= 0, and p is not
+// skip[s] (the target rating, or -1). Returns {count (S,), dst (K,), pos (K,)}, int64: the kept ratings
+// per segment, and each kept rating's item node id and CSR position, segment after segment, each
+// segment by ascending item node id (an item occurs once in a user's list, so the order is unique).
+// With segments in source-node order, that is extract_subgraphs' canonical (source, destination)
+// order. The PyTorch path builds every scanned rating's position, query and id as (total,) arrays and
+// then sorts all kept ratings; this is one serial pass (it also runs in forked DataLoader workers)
+// that sorts a segment only when its ids are out of order (the target item's id leads its subgraph).
+// The caller passes a lookup of B * num_items entries for graphs u_graph < B and items < num_items.
+template <typename item_t, typename id_t>
+int64_t extraction_scan_impl(const int64_t* indptr, const item_t* rated_item, const int64_t* u_node,
+                             const int64_t* u_graph, const int64_t* skip, const id_t* lookup, int64_t num_items,
+                             int64_t segments, int64_t* count, int64_t* dst, int64_t* pos) {
+  int64_t k = 0;
+  std::vector<std::pair<int64_t, int64_t>> run;
+  for (int64_t s = 0; s < segments; ++s) {
+    const int64_t base = u_graph[s] * num_items, drop = skip[s], before = k;
+    for (int64_t p = indptr[u_node[s]]; p < indptr[u_node[s] + 1]; ++p) {
+      const int64_t id = static_cast<int64_t>(lookup[base + static_cast<int64_t>(rated_item[p])]);
+      if (id >= 0 && p != drop) {
+        dst[k] = id;
+        pos[k] = p;
+        ++k;
+      }
+    }
+    count[s] = k - before;
+    if (!std::is_sorted(dst + before, dst + k)) {
+      run.clear();
+      for (int64_t j = before; j < k; ++j) run.emplace_back(dst[j], pos[j]);
+      std::sort(run.begin(), run.end());
+      for (int64_t j = before; j < k; ++j) {
+        dst[j] = run[j - before].first;
+        pos[j] = run[j - before].second;
+      }
+    }
+  }
+  return k;
+}
+
+std::vector<torch::Tensor> extraction_scan(torch::Tensor indptr, torch::Tensor rated_item, torch::Tensor u_node,
+                                           torch::Tensor u_graph, torch::Tensor skip, torch::Tensor lookup,
+                                           int64_t num_items) {
+  for (const auto* t : {&indptr, &u_node, &u_graph, &skip}) {
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->device().is_cpu(), "extraction_scan: int64 CPU indices");
+  }
+  TORCH_CHECK(u_graph.numel() == u_node.numel() && skip.numel() == u_node.numel(), "extraction_scan: shapes");
+  indptr = indptr.contiguous();
+  rated_item = rated_item.contiguous();
+  u_node = u_node.contiguous();
+  u_graph = u_graph.contiguous();
+  skip = skip.contiguous();
+  lookup = lookup.contiguous();
+  const int64_t segments = u_node.numel();
+  const auto* pi = indptr.data_ptr<int64_t>();
+  const auto* pu = u_node.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t s = 0; s < segments; ++s) total += pi[pu[s] + 1] - pi[pu[s]];
+  auto opts = indptr.options();
+  auto count = torch::empty({segments}, opts), dst = torch::empty({total}, opts), pos = torch::empty({total}, opts);
+  int64_t kept = 0;
+  AT_DISPATCH_INDEX_TYPES(rated_item.scalar_type(), "extraction_scan", [&] {
+    using item_t = index_t;
+    AT_DISPATCH_INDEX_TYPES(lookup.scalar_type(), "extraction_scan", [&] {
+      kept = extraction_scan_impl<item_t, index_t>(pi, rated_item.data_ptr<item_t>(), pu,
+                                                   u_graph.data_ptr<int64_t>(), skip.data_ptr<int64_t>(),
+                                                   lookup.data_ptr<index_t>(), num_items, segments,
+                                                   count.data_ptr<int64_t>(), dst.data_ptr<int64_t>(),
+                                                   pos.data_ptr<int64_t>());
+    });
+  });
+  return {count, dst.narrow(0, 0, kept), pos.narrow(0, 0, kept)};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("extraction_scan", &extraction_scan, "the selected users' ratings whose item is in the same subgraph");
   m.def("edge_mlp_forward", &edge_mlp_forward, "v . relu(a[src] + b[dst]) per scorer row");
   m.def("edge_mlp_backward", &edge_mlp_backward, "gradients of edge_mlp_forward");
   m.def("paired_graph_build", &paired_graph_build, "RelationalGraph.build for the paired layout");
