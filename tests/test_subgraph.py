@@ -4,7 +4,6 @@ fast vectorised code checked against the slow oracle in ``subgraph_oracle``."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,6 @@ from subgraph_oracle import node_hash as oracle_hash
 import cmcrec.graph.subgraph as subgraph_module
 from cmcrec.data.ratings import Ratings, RatingScale, Vocabulary
 from cmcrec.graph import RatingGraph, extract_subgraphs, extract_subgraphs_with_nodes, node_hash
-
-ML100K = Path("/work/shared/data/ml-100k/u1.base")
 
 
 def as_lists(batch, node_index) -> dict:
@@ -354,9 +351,8 @@ def test_with_new_user_equals_rebuild(data, new_items):
 
 
 # -------------------------------------------------------------- real data
-@pytest.mark.skipif(not ML100K.exists(), reason="MovieLens-100K not available")
-def test_movielens_equals_oracle():
-    data = np.loadtxt(ML100K, dtype=np.int64)
+def test_movielens_equals_oracle(shared_data):
+    data = np.loadtxt(shared_data / "ml-100k" / "u1.base", dtype=np.int64)
     user, item, rating = data[:, 0] - 1, data[:, 1] - 1, data[:, 2]
     graph = RatingGraph.from_arrays(user, item, rating - 1, (rating - 1) / 4, 943, 1682, 5)
     rng = np.random.default_rng(7)
