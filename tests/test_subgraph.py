@@ -398,3 +398,36 @@ def test_rating_graph_pickles_without_its_tensor_views():
     copy = pickle.loads(pickle.dumps(graph))
     assert "_user_tensors" not in copy.__dict__
     assert copy.user_tensors()[1].tolist() == items.tolist()
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernels with")
+def test_ratings_scan_kernel_splits_across_threads_without_changing_the_batch():
+    """A batch large enough for the compiled scan to split its segments over threads: the same batch with
+    1, 2 and 3 threads, and equal to the PyTorch path's."""
+    rng = np.random.default_rng(5)
+    num_users, num_items = 300, 200
+    mask = rng.random((num_users, num_items)) < 0.3
+    user, item = np.nonzero(mask)
+    rating = rng.integers(0, 5, user.size)
+    graph = RatingGraph.from_arrays(user, item, rating, rating / 4, num_users, num_items, 5)
+    rows = rng.choice(user.size, 40, replace=False)
+    users, items = user[rows], item[rows]
+    full, node_index = extract_subgraphs_with_nodes(graph, users, items, max_nodes_per_hop=None)
+    selected_users = node_index[full.node_label.numpy() % 2 == 0]
+    scanned = int(np.diff(graph.user_indptr)[selected_users].sum())  # every rating of every selected user
+    assert scanned > 3 * 4096  # room for a chunk per thread (the kernel's grain is 4096 ratings)
+
+    saved_threads, saved_scan = torch.get_num_threads(), subgraph_module._scan_kernels
+    batches = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            batches.append(extract_subgraphs(graph, users, items, max_nodes_per_hop=None))
+        subgraph_module._scan_kernels = lambda: None
+        batches.append(extract_subgraphs(graph, users, items, max_nodes_per_hop=None))
+    finally:
+        torch.set_num_threads(saved_threads)
+        subgraph_module._scan_kernels = saved_scan
+    for other in batches[1:]:
+        for name in ("edge_index", "edge_type", "edge_value", "node_label", "node_graph"):
+            assert torch.equal(getattr(batches[0], name), getattr(other, name)), name

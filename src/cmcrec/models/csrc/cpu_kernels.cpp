@@ -27,6 +27,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -463,13 +464,16 @@ std::vector<torch::Tensor> paired_scorer_rows(torch::Tensor src, torch::Tensor d
 // then sorts all kept ratings; this is one serial pass (it also runs in forked DataLoader workers)
 // that sorts a segment only when its ids are out of order (the target item's id leads its subgraph).
 // The caller passes a lookup of B * num_items entries for graphs u_graph < B and items < num_items.
+// With several threads, each scans a contiguous range of segments (split by their ratings) into its own
+// region of the output, and the regions are then moved together in order: the same output for any
+// thread count.
 template <typename item_t, typename id_t>
 int64_t extraction_scan_impl(const int64_t* indptr, const item_t* rated_item, const int64_t* u_node,
                              const int64_t* u_graph, const int64_t* skip, const id_t* lookup, int64_t num_items,
-                             int64_t segments, int64_t* count, int64_t* dst, int64_t* pos) {
+                             int64_t first, int64_t last, int64_t* count, int64_t* dst, int64_t* pos) {
   int64_t k = 0;
   std::vector<std::pair<int64_t, int64_t>> run;
-  for (int64_t s = 0; s < segments; ++s) {
+  for (int64_t s = first; s < last; ++s) {
     const int64_t base = u_graph[s] * num_items, drop = skip[s], before = k;
     for (int64_t p = indptr[u_node[s]]; p < indptr[u_node[s] + 1]; ++p) {
       const int64_t id = static_cast<int64_t>(lookup[base + static_cast<int64_t>(rated_item[p])]);
@@ -509,22 +513,44 @@ std::vector<torch::Tensor> extraction_scan(torch::Tensor indptr, torch::Tensor r
   const int64_t segments = u_node.numel();
   const auto* pi = indptr.data_ptr<int64_t>();
   const auto* pu = u_node.data_ptr<int64_t>();
-  int64_t total = 0;
-  for (int64_t s = 0; s < segments; ++s) total += pi[pu[s] + 1] - pi[pu[s]];
+  std::vector<int64_t> scanned(segments + 1, 0);  // ratings scanned before each segment
+  for (int64_t s = 0; s < segments; ++s) scanned[s + 1] = scanned[s] + pi[pu[s] + 1] - pi[pu[s]];
+  const int64_t total = scanned[segments];
   auto opts = indptr.options();
   auto count = torch::empty({segments}, opts), dst = torch::empty({total}, opts), pos = torch::empty({total}, opts);
-  int64_t kept = 0;
+  // Chunk c covers the segments from bounds[c]; it writes from scanned[bounds[c]] (room for all it scans).
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total / kRowGrain));
+  std::vector<int64_t> bounds(chunks + 1, segments), kept(chunks, 0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    bounds[c] = std::lower_bound(scanned.begin(), scanned.end() - 1, total * c / chunks) - scanned.begin();
+  }
+  auto* pd = dst.data_ptr<int64_t>();
+  auto* pp = pos.data_ptr<int64_t>();
   AT_DISPATCH_INDEX_TYPES(rated_item.scalar_type(), "extraction_scan", [&] {
     using item_t = index_t;
+    const auto* items = rated_item.data_ptr<item_t>();
     AT_DISPATCH_INDEX_TYPES(lookup.scalar_type(), "extraction_scan", [&] {
-      kept = extraction_scan_impl<item_t, index_t>(pi, rated_item.data_ptr<item_t>(), pu,
-                                                   u_graph.data_ptr<int64_t>(), skip.data_ptr<int64_t>(),
-                                                   lookup.data_ptr<index_t>(), num_items, segments,
-                                                   count.data_ptr<int64_t>(), dst.data_ptr<int64_t>(),
-                                                   pos.data_ptr<int64_t>());
+      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t at_ = scanned[bounds[c]];
+          kept[c] = extraction_scan_impl<item_t, index_t>(
+              pi, items, pu, u_graph.data_ptr<int64_t>(), skip.data_ptr<int64_t>(), lookup.data_ptr<index_t>(),
+              num_items, bounds[c], bounds[c + 1], count.data_ptr<int64_t>(), pd + at_, pp + at_);
+        }
+      });
     });
   });
-  return {count, dst.narrow(0, 0, kept), pos.narrow(0, 0, kept)};
+  int64_t k = 0;
+  for (int64_t c = 0; c < chunks; ++c) {  // chunk c's region starts at or after k: move it left
+    const int64_t at_ = scanned[bounds[c]];
+    if (at_ != k) {
+      std::memmove(pd + k, pd + at_, kept[c] * sizeof(int64_t));
+      std::memmove(pp + k, pp + at_, kept[c] * sizeof(int64_t));
+    }
+    k += kept[c];
+  }
+  const int64_t kept_total = k;
+  return {count, dst.narrow(0, 0, kept_total), pos.narrow(0, 0, kept_total)};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
