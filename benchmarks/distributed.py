@@ -86,9 +86,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     data = DataSpec.from_ratings(fit_part)
     module = spec.build(config, data)
-    trainer = Trainer(module, config, ctx)
-    if args.find_unused:
-        trainer.engine = dist_utils.wrap_model(trainer.model, trainer.device, ctx, find_unused_parameters=True)
+    trainer = Trainer(module, config, ctx, find_unused_parameters=args.find_unused)
     graph = RatingGraph.from_ratings(fit_part)
     kind = module.batch_kind
     t0 = time.perf_counter()

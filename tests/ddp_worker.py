@@ -3,6 +3,9 @@
 One launch does everything the test needs from a process group, so the
 start-up cost (interpreters, rendezvous) is paid once per model:
 
+0. builds trainers from models that differ across ranks: rank 0's weights (and
+   weight average) must reach every rank, and models with other tensors on one
+   rank must be refused;
 1. trains ``--epochs`` epochs with a checkpoint, then gathers every rank's flat
    parameter vector (rank 0 checks they are bit-identical);
 2. evaluates the trained weights on the validation and test rows with the
@@ -37,7 +40,7 @@ from synthetic import low_rank_split  # noqa: E402
 from cmcrec.config import RunContext  # noqa: E402
 from cmcrec.data.splits import validation_split  # noqa: E402
 from cmcrec.graph.csr import RatingGraph  # noqa: E402
-from cmcrec.models.registry import get_model  # noqa: E402
+from cmcrec.models.registry import DataSpec, get_model  # noqa: E402
 from cmcrec.recommender import Recommender  # noqa: E402
 from cmcrec.training import distributed as dist_utils  # noqa: E402
 from cmcrec.training.batching import make_batcher  # noqa: E402
@@ -78,6 +81,30 @@ def main() -> None:
     overrides = json.loads(args.config) | {"patience": None}
     config = spec.make_config(overrides | {"epochs": args.epochs})
     out: dict = {"world_size": ctx.world_size}
+
+    # 0. A trainer starts every rank from rank 0's weights, its weight average included, and refuses
+    # ranks whose models differ in their tensors.
+    data_spec = DataSpec.from_ratings(split.train)
+    averaged = config.replace(ema_decay=0.9)
+    probe = spec.build(averaged, data_spec)
+    if ctx.rank == 1:
+        with torch.no_grad():
+            for p in probe.parameters():
+                p.add_(1.0)
+    trainer = Trainer(probe, averaged, ctx)
+    out["broadcast_identical"], out["broadcast_max_diff"] = _identical_across_ranks(probe, ctx)
+    flat_average = torch.cat([a.reshape(-1).double() for a in trainer.average.average])
+    every_average = dist_utils.all_gather_tensors(flat_average, CPU, ctx)
+    out["average_identical"] = all(torch.equal(every_average[0], a) for a in every_average[1:])
+    odd = spec.build(config, data_spec)
+    if ctx.rank == 1:
+        odd.register_buffer("extra", torch.zeros(1))
+    try:
+        Trainer(odd, config, ctx)
+        out["mismatch_error"] = None
+    except RuntimeError as err:
+        out["mismatch_error"] = str(err)
+    del probe, trainer, odd
 
     # 1. Train with a checkpoint; the ranks must hold the same weights.
     ckpt = args.workdir / "ddp_ckpt"
@@ -137,7 +164,8 @@ def main() -> None:
     # recommenders) is still alive here, and a wrapper freed after destroy_process_group aborts gloo
     # now and then at interpreter exit.
     gc.collect()
-    out["live_ddp_wrappers"] = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+    live = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+    out["live_ddp_wrappers"] = dist_utils.all_reduce_sums([float(live)], CPU, ctx)[0]  # over every rank
     if ctx.is_main:
         (args.workdir / "result.json").write_text(json.dumps(out))
     dist_utils.shutdown()

@@ -108,6 +108,10 @@ def test_two_processes_against_one(tmp_path, model, config):
     r = json.loads((work / "result.json").read_text())
     assert r["world_size"] == 2
 
+    # (a) a trainer starts every rank from rank 0's weights and weight average; other models are refused.
+    assert r["broadcast_identical"], f"ranks disagree by up to {r['broadcast_max_diff']}"
+    assert r["average_identical"]
+    assert r["mismatch_error"] and "every rank must build the same model" in r["mismatch_error"]
     # (a) gradients are averaged, so every rank holds the very same weights.
     assert r["params_identical"], f"ranks disagree by up to {r['params_max_diff']}"
     assert r["resume_params_identical"] and r["from_single_params_identical"]

@@ -128,6 +128,7 @@ def test_a_failed_build_warns_once_and_the_layers_fall_back(monkeypatch, tmp_pat
     with pytest.warns(RuntimeWarning, match="could not be built"):
         assert kernels.cpu_kernels() is None
     assert kernels.cpu_kernels() is None  # remembered: no second attempt, no second warning
+    assert os.environ[kernels.KERNELS_ENV] == "0"  # and child processes do not try again
     edge_index, edge_type, node_graph = _subgraph_batch(graphs=2, nodes=20, ratings=30, relations=3, seed=5)
     graph = RelationalGraph.build(edge_index, edge_type, node_graph.numel(), 3, paired=True)
     scorer = EdgeScorer(4, 8, per_rating=True)
@@ -275,3 +276,21 @@ def test_the_ninja_package_is_put_on_path_for_the_build_only(monkeypatch):
     monkeypatch.setattr(kernels.shutil, "which", lambda name: "/usr/bin/ninja")  # one on PATH: left alone
     with kernels._ninja_on_path():
         assert os.environ["PATH"] == "/nonexistent"
+
+
+@needs_compiler
+def test_extraction_scan_names_an_out_of_range_segment():
+    k = kernels.cpu_kernels()
+    indptr = torch.tensor([0, 2, 3])  # 2 users
+    rated_item = torch.tensor([0, 1, 1], dtype=torch.int32)
+    lookup = torch.full((2 * 2,), -1, dtype=torch.int32)  # 2 subgraphs x 2 items
+
+    def scan(user, graph):
+        one = torch.tensor([user])
+        return k.extraction_scan(indptr, rated_item, one, torch.tensor([graph]), torch.tensor([-1]), lookup, 2)
+
+    count, dst, pos = scan(1, 1)
+    assert count.tolist() == [0] and dst.numel() == 0 and pos.numel() == 0
+    for user, graph in ((2, 0), (-1, 0), (0, 2)):
+        with pytest.raises(RuntimeError, match="outside the graph or the look-up table"):
+            scan(user, graph)

@@ -346,3 +346,28 @@ def test_cpu_training_flushes_weights_moments_and_average_every_few_steps(monkey
     moments = [s[k] for s in trainer.optimizer.state.values() for k in ("exp_avg", "exp_avg_sq")]
     expected = {t.data_ptr() for t in params + moments + trainer.average.average}
     assert len(moments) == 2 * len(params) and all(c == expected for c in calls)
+
+
+@pytest.mark.parametrize("find_unused", [False, True])
+def test_fit_wraps_the_module_for_its_own_length_with_the_trainers_ddp_options(monkeypatch, find_unused):
+    """``fit`` asks for the DDP wrapper (a no-op in one process) with the trainer's
+    ``find_unused_parameters``, and the trainer keeps no wrapper afterwards."""
+    from cmcrec.training import distributed as dist_utils
+
+    calls = []
+    real = dist_utils.wrap_model
+
+    def spy(model, device, context, **kwargs):
+        calls.append(kwargs)
+        return real(model, device, context, **kwargs)
+
+    monkeypatch.setattr(dist_utils, "wrap_model", spy)
+    split = low_rank_split(seed=2)
+    spec = get_model("mf")
+    cfg = spec.make_config(CFG | {"epochs": 1})
+    module = spec.build(cfg, DataSpec.from_ratings(split.train))
+    trainer = Trainer(module, cfg, RunContext(progress=False), find_unused_parameters=find_unused)
+    assert calls == []  # building the trainer wraps nothing
+    trainer.fit(split.train, split.test, PairBatcher(0), PairBatcher(None))
+    assert calls == [{"find_unused_parameters": find_unused}]
+    assert not hasattr(trainer, "engine")

@@ -139,6 +139,9 @@ def cpu_kernels() -> ModuleType | None:
             stacklevel=2,
         )
         _module = None
+        # Processes started from this one (spawned DataLoader workers) inherit the environment: they skip
+        # the build this process could not make instead of each retrying it and warning again.
+        os.environ[KERNELS_ENV] = "0"
     return _module
 
 

@@ -120,10 +120,22 @@ def broadcast_module_(model: torch.nn.Module, device: torch.device, context: Run
     """
     if context.world_size <= 1 or not is_distributed():
         return
+    tensors = [*model.parameters(), *model.buffers()]
+    # As DDP's constructor does: every rank must hold the same tensors, or the broadcasts would pair
+    # mismatched ones (a hang or an unclear error).
+    shapes = [(str(t.dtype), tuple(t.shape)) for t in tensors]
+    every = [None] * context.world_size
+    dist.all_gather_object(every, shapes)
+    for rank, theirs in enumerate(every):
+        if theirs != shapes:
+            raise RuntimeError(
+                f"rank {rank}'s model has other parameters or buffers than rank {context.rank}'s "
+                f"({len(theirs)} vs {len(shapes)} tensors): every rank must build the same model"
+            )
     target = _collective_device(device)
     with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            shared = tensor.detach().to(target)
+        for tensor in tensors:
+            shared = tensor.detach().to(target).contiguous()
             dist.broadcast(shared, src=0)
             if shared.data_ptr() != tensor.data_ptr():
                 tensor.copy_(shared)

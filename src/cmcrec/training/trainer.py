@@ -225,6 +225,9 @@ class Trainer:
         context: device, workers, seed, rank.
         checkpoint_dir: where to write the per-epoch checkpoint (rank 0 only);
             ``None`` keeps everything in memory.
+        find_unused_parameters: under torchrun, let DDP skip parameters that get
+            no gradient in a step (see :func:`cmcrec.training.distributed.wrap_model`);
+            every shipped model leaves it off.
     """
 
     def __init__(
@@ -233,9 +236,12 @@ class Trainer:
         config: TrainConfig,
         context: RunContext | None = None,
         checkpoint_dir: str | Path | None = None,
+        *,
+        find_unused_parameters: bool = False,
     ) -> None:
         self.context = context or RunContext()
         self.config = config
+        self.find_unused_parameters = find_unused_parameters
         self.device = resolve_device(self.context.device)
         if self.device.type == "cpu":
             tune_cpu_allocator()
@@ -401,7 +407,7 @@ class Trainer:
         # DDP-wrapped for this call only: a wrapper kept on the trainer outlived the process group in a
         # trainer built just to evaluate, and its reducer, freed at interpreter exit, aborted gloo now and
         # then ("terminate called without an active exception"). Unreachable once fit returns.
-        engine = dist_utils.wrap_model(self.model, self.device, ctx)
+        engine = dist_utils.wrap_model(self.model, self.device, ctx, find_unused_parameters=self.find_unused_parameters)
 
         def patience_spent(epochs_done: int) -> bool:
             return cfg.patience is not None and epochs_done - self.patience_epoch >= cfg.patience

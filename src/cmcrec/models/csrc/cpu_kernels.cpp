@@ -504,6 +504,7 @@ std::vector<torch::Tensor> extraction_scan(torch::Tensor indptr, torch::Tensor r
     TORCH_CHECK(t->scalar_type() == at::kLong && t->device().is_cpu(), "extraction_scan: int64 CPU indices");
   }
   TORCH_CHECK(u_graph.numel() == u_node.numel() && skip.numel() == u_node.numel(), "extraction_scan: shapes");
+  TORCH_CHECK(rated_item.device().is_cpu() && lookup.device().is_cpu(), "extraction_scan: CPU tensors");
   indptr = indptr.contiguous();
   rated_item = rated_item.contiguous();
   u_node = u_node.contiguous();
@@ -513,8 +514,15 @@ std::vector<torch::Tensor> extraction_scan(torch::Tensor indptr, torch::Tensor r
   const int64_t segments = u_node.numel();
   const auto* pi = indptr.data_ptr<int64_t>();
   const auto* pu = u_node.data_ptr<int64_t>();
+  const int64_t users = indptr.numel() - 1;
+  const auto* pg = u_graph.data_ptr<int64_t>();
   std::vector<int64_t> scanned(segments + 1, 0);  // ratings scanned before each segment
-  for (int64_t s = 0; s < segments; ++s) scanned[s + 1] = scanned[s] + pi[pu[s] + 1] - pi[pu[s]];
+  for (int64_t s = 0; s < segments; ++s) {
+    TORCH_CHECK(pu[s] >= 0 && pu[s] < users && pg[s] >= 0 && (pg[s] + 1) * num_items <= lookup.numel(),
+                "extraction_scan: segment ", s, " names user ", pu[s], " of subgraph ", pg[s],
+                " outside the graph or the look-up table");
+    scanned[s + 1] = scanned[s] + pi[pu[s] + 1] - pi[pu[s]];
+  }
   const int64_t total = scanned[segments];
   auto opts = indptr.options();
   auto count = torch::empty({segments}, opts), dst = torch::empty({total}, opts), pos = torch::empty({total}, opts);
@@ -534,7 +542,7 @@ std::vector<torch::Tensor> extraction_scan(torch::Tensor indptr, torch::Tensor r
         for (int64_t c = c0; c < c1; ++c) {
           const int64_t at_ = scanned[bounds[c]];
           kept[c] = extraction_scan_impl<item_t, index_t>(
-              pi, items, pu, u_graph.data_ptr<int64_t>(), skip.data_ptr<int64_t>(), lookup.data_ptr<index_t>(),
+              pi, items, pu, pg, skip.data_ptr<int64_t>(), lookup.data_ptr<index_t>(),
               num_items, bounds[c], bounds[c + 1], count.data_ptr<int64_t>(), pd + at_, pp + at_);
         }
       });
