@@ -461,12 +461,11 @@ std::vector<torch::Tensor> paired_scorer_rows(torch::Tensor src, torch::Tensor d
 // segment by ascending item node id (an item occurs once in a user's list, so the order is unique).
 // With segments in source-node order, that is extract_subgraphs' canonical (source, destination)
 // order. The PyTorch path builds every scanned rating's position, query and id as (total,) arrays and
-// then sorts all kept ratings; this is one serial pass (it also runs in forked DataLoader workers)
-// that sorts a segment only when its ids are out of order (the target item's id leads its subgraph).
-// The caller passes a lookup of B * num_items entries for graphs u_graph < B and items < num_items.
-// With several threads, each scans a contiguous range of segments (split by their ratings) into its own
-// region of the output, and the regions are then moved together in order: the same output for any
-// thread count.
+// then sorts all kept ratings; this is one pass that sorts a segment only when its ids are out of order
+// (the target item's id leads its subgraph). lookup holds B * num_items entries, for subgraphs < B.
+// With several threads (one in a DataLoader worker), each scans a contiguous range of segments (split
+// by their ratings) into its own region of the output, and the regions are then moved together in
+// order: the same output for any thread count.
 template <typename item_t, typename id_t>
 int64_t extraction_scan_impl(const int64_t* indptr, const item_t* rated_item, const int64_t* u_node,
                              const int64_t* u_graph, const int64_t* skip, const id_t* lookup, int64_t num_items,
@@ -557,8 +556,7 @@ std::vector<torch::Tensor> extraction_scan(torch::Tensor indptr, torch::Tensor r
     }
     k += kept[c];
   }
-  const int64_t kept_total = k;
-  return {count, dst.narrow(0, 0, kept_total), pos.narrow(0, 0, kept_total)};
+  return {count, dst.narrow(0, 0, k), pos.narrow(0, 0, k)};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
