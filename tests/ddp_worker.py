@@ -52,7 +52,12 @@ CPU = torch.device("cpu")
 
 def _identical_across_ranks(module: torch.nn.Module, ctx: RunContext) -> tuple[bool, float]:
     """(bit-identical?, largest absolute difference to rank 0) over every rank's flat parameters."""
-    flats = dist_utils.all_gather_tensors(dist_utils.flat_parameters(module), CPU, ctx)
+    return _same_on_every_rank(dist_utils.flat_parameters(module), ctx)
+
+
+def _same_on_every_rank(flat: torch.Tensor, ctx: RunContext) -> tuple[bool, float]:
+    """(bit-identical?, largest absolute difference to rank 0) over every rank's copy of ``flat``."""
+    flats = dist_utils.all_gather_tensors(flat, CPU, ctx)
     same = all(torch.equal(flats[0], f) for f in flats[1:])
     diff = max((float((flats[0] - f).abs().max()) for f in flats[1:]), default=0.0)
     return same, diff
@@ -94,8 +99,7 @@ def main() -> None:
     trainer = Trainer(probe, averaged, ctx)
     out["broadcast_identical"], out["broadcast_max_diff"] = _identical_across_ranks(probe, ctx)
     flat_average = torch.cat([a.reshape(-1).double() for a in trainer.average.average])
-    every_average = dist_utils.all_gather_tensors(flat_average, CPU, ctx)
-    out["average_identical"] = all(torch.equal(every_average[0], a) for a in every_average[1:])
+    out["average_identical"], _ = _same_on_every_rank(flat_average, ctx)
     odd = spec.build(config, data_spec)
     if ctx.rank == 1:
         odd.register_buffer("extra", torch.zeros(1))
