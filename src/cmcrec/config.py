@@ -72,6 +72,23 @@ class ConfigBase:
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
+    @classmethod
+    def fill_added_fields(cls, saved: dict[str, Any], fields: typing.Iterable[str]) -> dict[str, Any]:
+        """``saved`` (a config dict written earlier) with each of ``fields`` it lacks set to what it
+        meant then: its ``SAVED_BEFORE`` value, else its default. A checkpoint written before a
+        field existed then compares equal to a run that sets the field to that value, and only to
+        such a run (JSON-compatible values only)."""
+        defaults = {
+            f.name: f.default
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.default is not dataclasses.MISSING
+        }
+        out = dict(saved)
+        for name in fields:
+            if name not in out and name in defaults:
+                out[name] = cls.SAVED_BEFORE.get(name, defaults[name])
+        return out
+
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check a JSON value against a simple type hint (int, float, bool, str, X | None)."""

@@ -42,6 +42,7 @@ from cmcrec.errors import ArtifactError, CmcrecError
 from cmcrec.models.base import RatingModel
 from cmcrec.models.registry import DataSpec, get_model
 from cmcrec.training.batching import fit_batchers, make_batcher
+from cmcrec.training.selection import choose_eval_cap
 from cmcrec.training.trainer import EpochRecord, Trainer, TrainResult, predict_rows, resolve_device
 
 FORMAT = "cmcrec-model"
@@ -65,6 +66,14 @@ class Recommendation:
         if self.genres is not None:
             d["genres"] = list(self.genres)
         return d
+
+
+def carve_validation(train: Ratings, config: TrainConfig, seed: int) -> tuple[Ratings, Ratings]:
+    """``(fit, valid)``: the validation share of ``train`` a run with ``seed`` selects its epoch on
+    (``config.valid_fraction`` of it, drawn with the seed), and the ratings left to fit."""
+    from cmcrec.data.splits import validation_split
+
+    return validation_split(train, config.valid_fraction, np.random.default_rng([seed, 101]))
 
 
 class Recommender:
@@ -127,7 +136,6 @@ class Recommender:
             resume: continue from the checkpoint in ``checkpoint_dir``.
             log: called with each epoch's record (rank 0).
         """
-        from cmcrec.data.splits import validation_split
         from cmcrec.graph.csr import RatingGraph
 
         spec = get_model(model)
@@ -136,7 +144,7 @@ class Recommender:
         context = context or RunContext()
         if len(train) < 2:
             raise CmcrecError(f"{train.name}: need at least 2 training ratings, got {len(train)}")
-        fit_part, valid = validation_split(train, config.valid_fraction, np.random.default_rng([context.seed, 101]))
+        fit_part, valid = carve_validation(train, config, context.seed)
         if len(valid) == 0 or len(fit_part) == 0:
             raise CmcrecError(
                 f"{train.name}: valid_fraction={config.valid_fraction} of {len(train)} ratings leaves "
@@ -159,7 +167,51 @@ class Recommender:
         result: TrainResult = trainer.fit(fit_part, valid, *batchers, log=log)
         summary = result.to_dict() | {"num_train": len(fit_part), "num_valid": len(valid), "seed": context.seed}
         # Predictions use every training rating (validation included) as graph context.
-        return cls(model, config, trainer.model, train, training=summary, device=str(trainer.device), data=data)
+        rec = cls(model, config, trainer.model, train, training=summary, device=str(trainer.device), data=data)
+        if getattr(config, "select_eval_cap", False):
+            rec.choose_eval_cap()
+        return rec
+
+    def choose_eval_cap(self) -> dict[str, Any]:
+        """Choose the evaluation cap on this model's validation split and predict with it from now on.
+
+        What ``select_eval_cap`` does when training ends
+        (:func:`~cmcrec.training.selection.choose_eval_cap`: the trained cap, twice it, none),
+        here for a model already trained: the validation ratings are carved from :attr:`train`
+        with the run's seed exactly as training carved them, and their subgraphs are cut from
+        the ratings left to fit, as during training. The weights do not change, so the result
+        is what training with ``select_eval_cap`` would have given. Records the choice in
+        ``training["eval_cap"]`` and returns it.
+        """
+        from cmcrec.graph.csr import RatingGraph
+
+        config = self.trained_config
+        if not hasattr(config, "eval_max_nodes_per_hop"):
+            raise CmcrecError(f"choose_eval_cap: {self.model_name} cuts no subgraphs, so it has no evaluation cap")
+        fit_part, valid = carve_validation(self.train, config, self.training.get("seed", 0))
+        graph = RatingGraph.from_ratings(fit_part)
+
+        def valid_rmse(cap: int | None) -> float:
+            batcher = make_batcher(
+                self.module.batch_kind, config.replace(eval_max_nodes_per_hop=cap), graph, train=False, seed=0
+            )
+            pred = predict_rows(self.module, batcher, valid.user, valid.item, batch_size=512, device=self.device)
+            return float(np.sqrt(np.mean((pred.astype(np.float64) - valid.rating) ** 2)))
+
+        choice = choose_eval_cap(config.eval_max_nodes_per_hop, valid_rmse)
+        self.training["eval_cap"] = choice
+        self.config = self.config.replace(eval_max_nodes_per_hop=choice["chosen"])
+        self._batcher = None
+        return choice
+
+    @property
+    def trained_config(self) -> TrainConfig:
+        """The config training was asked for: :attr:`config`, with an evaluation cap chosen on
+        validation (``select_eval_cap``) put back to the one training validated with."""
+        choice = self.training.get("eval_cap")
+        if not choice:
+            return self.config
+        return self.config.replace(eval_max_nodes_per_hop=choice["trained_with"])
 
     # -- ids -------------------------------------------------------------------------------------------
 

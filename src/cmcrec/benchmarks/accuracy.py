@@ -160,6 +160,8 @@ def run_accuracy(
                     "command": command,
                     "date": now(),
                 }
+                if "eval_cap" in rec.training:  # select_eval_cap: the cap chosen on validation, and its scores
+                    run["eval_cap"] = rec.training["eval_cap"]
                 runs.append(run)
                 log(
                     f"{dataset:<12} {model_label(run):<10} seed {seed}: test RMSE {run['rmse']:.4f} "

@@ -86,7 +86,7 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     if path is not None and (path / "manifest.json").is_file():
         rec = Recommender.load(path, device="cpu" if context.device == "auto" else context.device)
         same_data = len(rec.train) == len(train) and rec.train.digest() == train.digest()
-        if rec.config == config and same_data and rec.training.get("seed") == context.seed:
+        if rec.trained_config == config and same_data and rec.training.get("seed") == context.seed:
             return rec
     if path is None:
         return Recommender.fit(model, train, config, context)
@@ -104,7 +104,11 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
             }
         )
     )
-    resume = (checkpoint / "state.json").is_file() and _read_json(identity_file) == identity
+    saved = _read_json(identity_file)
+    if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+        # A field added to the config since the checkpoint was written counts as what it meant then.
+        saved["config"] = type(config).fill_added_fields(saved["config"], identity["config"])
+    resume = (checkpoint / "state.json").is_file() and saved == identity
     if not resume:
         shutil.rmtree(checkpoint, ignore_errors=True)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)

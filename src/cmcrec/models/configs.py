@@ -43,6 +43,13 @@ class SubgraphModelConfig(TrainConfig):
             training (random sample); ``None`` keeps all. 100.
         eval_max_nodes_per_hop: the same cap at evaluation and prediction
             (deterministic choice); ``None`` keeps all. 200.
+        select_eval_cap: after training, score the kept weights on the
+            validation split with ``eval_max_nodes_per_hop``, twice it and no
+            cap, and predict with the best
+            (:func:`~cmcrec.training.selection.choose_eval_cap`): the saved
+            config then holds the chosen cap, and the training summary's
+            ``eval_cap`` the one training validated with and the three
+            scores. ``False`` (the default) keeps ``eval_max_nodes_per_hop``.
         edge_dropout: share of (undirected) subgraph edges dropped at training
             time, both directions together; 0 disables. 0.2.
         head_hidden: hidden width of the rating head(s) (Linear → ReLU →
@@ -82,6 +89,7 @@ class SubgraphModelConfig(TrainConfig):
     hops: int = 1
     max_nodes_per_hop: int | None = 100
     eval_max_nodes_per_hop: int | None = 200
+    select_eval_cap: bool = False
     edge_dropout: float = 0.2
     head_hidden: int = 128
     dropout: float = 0.5

@@ -74,9 +74,14 @@ def run_identity(config: TrainConfig, seed: int, train: Ratings, valid: Ratings)
     )
 
 
-def identity_difference(saved: str, now: str) -> str:
-    """The first few differences between two :func:`run_identity` strings, in words."""
+def identity_difference(saved: str, now: str, config_cls: type[TrainConfig] | None = None) -> str:
+    """The first few differences between two :func:`run_identity` strings, in words; ``""`` when
+    they name the same run. With ``config_cls``, a config field added after the checkpoint was
+    written counts as what it meant then (:meth:`~cmcrec.config.ConfigBase.fill_added_fields`), so
+    adding a field does not orphan the checkpoints of runs already under way."""
     a, b = json.loads(saved), json.loads(now)
+    if config_cls is not None:
+        a["config"] = config_cls.fill_added_fields(a["config"], b["config"])
     out = [
         f"{k}: checkpoint {a['config'].get(k)!r}, now {b['config'].get(k)!r}"
         for k in sorted(set(a["config"]) | set(b["config"]))
@@ -389,12 +394,13 @@ class Trainer:
         """Train, selecting the epoch with the lowest validation RMSE; the model ends with its weights."""
         ctx, cfg = self.context, self.config
         self._identity = run_identity(cfg, ctx.seed, train, valid)
-        if self._restored_identity is not None and self._restored_identity != self._identity:
-            raise ArtifactError(
-                f"{self._checkpoint_source}: the checkpoint belongs to another run "
-                f"({identity_difference(self._restored_identity, self._identity)}); "
-                "resume with the settings it was written with, or start afresh"
-            )
+        if self._restored_identity is not None:
+            difference = identity_difference(self._restored_identity, self._identity, type(cfg))
+            if difference:
+                raise ArtifactError(
+                    f"{self._checkpoint_source}: the checkpoint belongs to another run ({difference}); "
+                    "resume with the settings it was written with, or start afresh"
+                )
         if self.start_epoch == 0:
             torch.manual_seed(ctx.seed * 1000 + ctx.rank)
         ds = TargetRows(train.user, train.item, train.rating, train_batcher)
