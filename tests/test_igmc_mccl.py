@@ -334,3 +334,28 @@ def test_linear_output_is_affine_and_clamped_outside_training(kind):
     loss.backward()
     with pytest.raises(ConfigError, match="output"):
         IGMCConfig(output="tanh")
+
+
+def test_mccl_mask_repeated_targets_reaches_infonce():
+    """Masking changes InfoNCE only when a target repeats, and only with the option on."""
+    import dataclasses
+
+    batch = make_batch(GRAPHS)
+    distinct = torch.arange(batch.num_targets)
+    same = torch.zeros(batch.num_targets, dtype=torch.long)
+    plain, masked = build("full"), build("full", mask_repeated_targets=True)
+    masked.load_state_dict(plain.state_dict())
+
+    def infonce(model, users, items):
+        model.train()
+        torch.manual_seed(5)  # the same edge dropout and reparameterisation noise each time
+        return float(model(dataclasses.replace(batch, target_user=users, target_item=items)).extras["infonce"].detach())
+
+    reference = infonce(plain, same, same)  # option off: ids are ignored
+    assert infonce(plain, distinct, distinct) == reference
+    assert infonce(masked, distinct, distinct) == pytest.approx(reference, rel=1e-6)
+    # Every target the same user: the user term has no negatives left (0), the item term is unchanged.
+    assert infonce(masked, same, distinct) < reference - 1e-3
+    assert infonce(masked, same, same) == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="target_user"):
+        masked.train()(batch)  # a batch built without ids

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cmcrec.models import layers
 from cmcrec.models.layers import (
@@ -217,6 +219,42 @@ def test_info_nce_hand_value_and_gradcheck():
     x = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, 0.3), (x, y))
+
+
+def _info_nce_loop(a, b, tau, ids):
+    """One anchor at a time, negatives listed explicitly: the obvious reading of the masked loss."""
+    a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
+    n = a.shape[0]
+    total = 0.0
+    for i in range(n):
+        for x, y in ((a, b), (b, a)):  # both directions: view 1 anchors, then view 2
+            keep = [j for j in range(n) if j == i or ids[j] != ids[i]]
+            logits = torch.stack([x[i] @ y[j] / tau for j in keep])
+            total = total - torch.log_softmax(logits, 0)[keep.index(i)]
+    return total / (2 * n)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 7), groups=st.integers(1, 7), seed=st.integers(0, 2**31 - 1))
+def test_info_nce_leaves_repeated_targets_out_of_the_negatives(n, groups, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, groups, (n,), generator=g)
+    assert info_nce(a, b, 0.3, ids).item() == pytest.approx(_info_nce_loop(a, b, 0.3, ids).item(), rel=1e-10)
+    # All distinct: the same as no ids.
+    distinct = torch.arange(n)
+    assert info_nce(a, b, 0.3, distinct).item() == pytest.approx(info_nce(a, b, 0.3).item(), rel=1e-12)
+
+
+def test_info_nce_masked_gradcheck_and_all_repeats():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([0, 1, 0, 2, 1])
+    assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, 0.3, ids), (x, y))
+    # One target repeated everywhere: no negatives left, each row's loss is log(1) = 0.
+    assert info_nce(x, y, 0.3, torch.zeros(5, dtype=torch.long)).item() == 0.0
 
 
 def test_undirected_dropout():

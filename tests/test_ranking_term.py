@@ -98,6 +98,9 @@ def test_batcher_appends_negatives_of_the_same_user(ratings, graph):
     )
     user_of = nodes[batch.user_pos.numpy()]
     item_of = nodes[batch.item_pos.numpy()]
+    # The batch names each target by its graph index, the appended ones included.
+    np.testing.assert_array_equal(batch.target_user.numpy(), user_of)
+    np.testing.assert_array_equal(batch.target_item.numpy(), item_of)
     np.testing.assert_array_equal(user_of[40:], np.repeat(users[positive], 2))
     np.testing.assert_array_equal(item_of[40:], negatives.ravel())
     assert np.all(graph.edge_position(user_of[40:], item_of[40:]) < 0)

@@ -85,6 +85,10 @@ class SubgraphBatch(_TensorBatch):
             term, row ``p`` holds the target index of a highly rated pair
             (column 0) and of ``m`` pairs of the same user with items that
             user has not rated (columns ``1..m``, indices ``>= B_y``).
+        target_user: int64 ``(B,)`` or ``None``: each graph's target user as
+            an index of the graph it was cut from (the batcher sets it; InfoNCE
+            reads it to tell repeated targets apart, the layers never do).
+        target_item: int64 ``(B,)`` or ``None``: the same for target items.
     """
 
     node_label: torch.Tensor
@@ -97,6 +101,8 @@ class SubgraphBatch(_TensorBatch):
     y: torch.Tensor
     num_labels: int = 4
     rank_index: torch.Tensor | None = None
+    target_user: torch.Tensor | None = None
+    target_item: torch.Tensor | None = None
 
     @property
     def num_targets(self) -> int:

@@ -166,6 +166,11 @@ class MCCLConfig(SubgraphModelConfig):
         use_view1: build the denoised view (R-GCN with learned edge weights).
         use_view2: build the augmented variational view (edge dropout + Gaussian projection).
         use_infonce: add the contrastive term; needs both views.
+        mask_repeated_targets: a user (item) that is the target of several
+            subgraphs in one batch is not counted as a negative of itself:
+            InfoNCE leaves those pairs out of its denominators, so only
+            other users (items) are pushed apart. ``False`` (the reference
+            code) treats every other subgraph as a negative.
         embedding_l2: weight of an L2 penalty on the target representations
             the heads read (mean over targets of their squared norm). 0.
         latent_channels: width of view 2's Gaussian latent ``z``. 64 (rather
@@ -205,6 +210,7 @@ class MCCLConfig(SubgraphModelConfig):
     use_view1: bool = True
     use_view2: bool = True
     use_infonce: bool = True
+    mask_repeated_targets: bool = False
     embedding_l2: float = 0.0
     latent_channels: int = 64
     scorer_hidden: int = 16

@@ -1178,7 +1178,7 @@ def dropout_edges_undirected(edge_index: torch.Tensor, p: float, *tensors: torch
     return (out_index, *(torch.cat([t[keep], t[keep]]) for t in tensors))
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float, ids: torch.Tensor | None = None) -> torch.Tensor:
     r"""Symmetric InfoNCE between two views with in-batch negatives.
 
     ``S = cos(a_i, b_j) / τ`` ``(B, B)``; row ``i``'s positive is column ``i``:
@@ -1192,12 +1192,19 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
         a: ``(B, D)`` first view.
         b: ``(B, D)`` second view.
         tau: temperature ``τ > 0``.
+        ids: ``(B,)`` or ``None``: what each row represents (a user or item
+            index). Pairs ``i ≠ j`` with ``ids[i] == ids[j]`` are left out of
+            both cross-entropies' denominators: the same user seen in two
+            subgraphs is not its own negative. ``None``: every other row is one.
 
     Returns:
         Scalar loss.
     """
     sim = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau  # (B, B)
     labels = torch.arange(sim.shape[0], device=sim.device)
+    if ids is not None:
+        repeated = (ids[:, None] == ids[None, :]) & (labels[:, None] != labels[None, :])  # symmetric
+        sim = sim.masked_fill(repeated, float("-inf"))
     return 0.5 * (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels))
 
 

@@ -256,8 +256,13 @@ class MCCL(RatingModel):
                 a, z2 = r1[:nl], r2[:nl]
                 w = a.shape[1] // 2
                 d = c.latent_channels
-                extras["infonce"] = info_nce(self._project(a[:, :w]), z2[:, :d], c.tau) + info_nce(
-                    self._project(a[:, w:]), z2[:, d:], c.tau
+                users = items = None
+                if c.mask_repeated_targets:
+                    if batch.target_user is None or batch.target_item is None:
+                        raise ValueError("mask_repeated_targets needs batches that carry target_user and target_item")
+                    users, items = batch.target_user[:nl], batch.target_item[:nl]
+                extras["infonce"] = info_nce(self._project(a[:, :w]), z2[:, :d], c.tau, users) + info_nce(
+                    self._project(a[:, w:]), z2[:, d:], c.tau, items
                 )
         else:
             logit = logits[0]
