@@ -63,10 +63,10 @@ def worker(args: argparse.Namespace) -> None:
     """Train under torchrun and (rank 0) write the timing to ``--result``."""
     from cmcrec.config import RunContext
     from cmcrec.data.datasets import load_split
-    from cmcrec.data.splits import validation_split
     from cmcrec.graph.csr import RatingGraph
     from cmcrec.models.presets import preset_overrides
     from cmcrec.models.registry import DataSpec, get_model
+    from cmcrec.recommender import carve_validation
     from cmcrec.training import distributed as dist_utils
     from cmcrec.training.batching import fit_batchers
     from cmcrec.training.trainer import Trainer
@@ -82,7 +82,7 @@ def worker(args: argparse.Namespace) -> None:
     if args.max_train_ratings is not None and args.max_train_ratings < len(train):
         rows = np.sort(np.random.default_rng([args.seed, 202]).choice(len(train), args.max_train_ratings, False))
         train = train.subset(rows)
-    fit_part, valid = validation_split(train, config.valid_fraction, np.random.default_rng([args.seed, 101]))
+    fit_part, valid = carve_validation(train, config, args.seed)
     torch.manual_seed(args.seed)
     data = DataSpec.from_ratings(fit_part)
     module = spec.build(config, data)

@@ -38,10 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import low_rank_split  # noqa: E402
 
 from cmcrec.config import RunContext  # noqa: E402
-from cmcrec.data.splits import validation_split  # noqa: E402
 from cmcrec.graph.csr import RatingGraph  # noqa: E402
 from cmcrec.models.registry import DataSpec, get_model  # noqa: E402
-from cmcrec.recommender import Recommender  # noqa: E402
+from cmcrec.recommender import Recommender, carve_validation  # noqa: E402
 from cmcrec.training import distributed as dist_utils  # noqa: E402
 from cmcrec.training.batching import make_batcher  # noqa: E402
 from cmcrec.training.trainer import Trainer, predict_rows  # noqa: E402
@@ -119,7 +118,7 @@ def main() -> None:
     out["num_parameters"] = sum(p.numel() for p in rec.module.parameters())
 
     # 2. Distributed evaluation of these weights == single-process evaluation on the same rows.
-    fit_part, valid = validation_split(split.train, config.valid_fraction, np.random.default_rng([ctx.seed, 101]))
+    fit_part, valid = carve_validation(split.train, config, ctx.seed)
     batcher = make_batcher(
         rec.module.batch_kind, config, RatingGraph.from_ratings(fit_part), train=False, seed=ctx.seed
     )
@@ -133,6 +132,17 @@ def main() -> None:
         if ctx.is_main:
             pred = predict_rows(rec.module, batcher, rows.user, rows.item, batch_size=7, device=CPU)
             out[f"{name}_rmse_single"] = math.sqrt(float(np.mean((pred.astype(np.float64) - rows.rating) ** 2)))
+
+    # 2b. The evaluation cap chosen on validation: each rank scores its share and the sums are
+    # shared, so every rank chooses alike, with the scores of one process over all rows.
+    if hasattr(config, "select_eval_cap"):
+        choice = rec.choose_eval_cap(ctx)
+        scores = torch.tensor([s["valid_rmse"] for s in choice["valid_rmse"]], dtype=torch.float64)
+        out["eval_cap_same_on_ranks"], _ = _same_on_every_rank(scores, ctx)
+        if ctx.is_main:
+            out["eval_cap_distributed"] = choice
+            out["eval_cap_single"] = rec.choose_eval_cap(RunContext(device="cpu", progress=False))
+        rec.reset_eval_cap()
 
     # 3. N → N resume: one more epoch after the checkpoint equals training that many epochs straight.
     longer = config.replace(epochs=args.epochs + 1)

@@ -124,6 +124,15 @@ def test_two_processes_against_one(tmp_path, model, config):
     # The trainer's own selection metric is the same distributed evaluation of the kept weights.
     assert r["valid_rmse_distributed"] == pytest.approx(r["best_valid_rmse"], rel=1e-12)
 
+    # (b) the evaluation cap chosen on validation: every rank chooses alike, as one process would.
+    if model != "mf":
+        assert r["eval_cap_same_on_ranks"]
+        got, want = r["eval_cap_distributed"], r["eval_cap_single"]
+        assert got["chosen"] == want["chosen"] and got["trained_with"] == want["trained_with"]
+        for a, b in zip(got["valid_rmse"], want["valid_rmse"], strict=True):
+            assert a["valid_rmse"] == pytest.approx(b["valid_rmse"], rel=1e-9)
+        assert got["valid_rmse"][0]["valid_rmse"] == pytest.approx(r["best_valid_rmse"], rel=1e-9)
+
     # (c) N → N: resume after EPOCHS epochs for one more == EPOCHS + 1 straight, exactly.
     assert _rmses(r["resume_history"]) == _rmses(r["straight_history"])
     assert r["resume_vs_straight_max_diff"] == 0.0

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from synthetic import low_rank_split
 from test_accuracy_study import _kill_after_epoch, _Killed
 
-from cmcrec.benchmarks.common import fit_or_load
+from cmcrec.benchmarks.common import fit_or_load, model_key
 from cmcrec.config import RunContext
 from cmcrec.data.splits import validation_split
-from cmcrec.errors import CmcrecError
+from cmcrec.errors import ArtifactError, CmcrecError
 from cmcrec.graph.csr import RatingGraph
 from cmcrec.models.configs import IGMCConfig
 from cmcrec.recommender import Recommender
@@ -61,26 +59,29 @@ def test_choice_is_the_lowest_finite_validation_rmse(scores, chosen):
     assert seen == [3, 6, None]
     assert out["trained_with"] == 3 and out["chosen"] == chosen
     assert [s["eval_max_nodes_per_hop"] for s in out["valid_rmse"]] == [3, 6, None]
+    recorded = [s["valid_rmse"] for s in out["valid_rmse"]]
+    assert recorded == [v if math.isfinite(v) else None for v in scores.values()]  # plain JSON
 
 
-def _valid_rmse(rec: Recommender, train, cap) -> float:
+def _valid_rmse(rec: Recommender, train, cap, seed: int) -> float:
     """The obvious recomputation: carve the same validation split, cut its subgraphs at ``cap`` from
     the graph of the ratings left to fit, predict with the kept weights."""
-    fit_part, valid = validation_split(train, rec.config.valid_fraction, np.random.default_rng([CTX.seed, 101]))
+    fit_part, valid = validation_split(train, rec.config.valid_fraction, np.random.default_rng([seed, 101]))
     config = rec.config.replace(eval_max_nodes_per_hop=cap)
     batcher = make_batcher("subgraph", config, RatingGraph.from_ratings(fit_part), train=False, seed=0)
     pred = predict_rows(rec.module, batcher, valid.user, valid.item, batch_size=7)
     return float(np.sqrt(np.mean((pred.astype(np.float64) - valid.rating) ** 2)))
 
 
-def test_fit_scores_each_cap_on_validation_and_predicts_with_the_best(tmp_path):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fit_scores_each_cap_on_validation_and_predicts_with_the_best(tmp_path, seed):
     split = low_rank_split(seed=3)
-    rec = Recommender.fit("igmc", split.train, TINY | {"select_eval_cap": True}, CTX)
+    rec = Recommender.fit("igmc", split.train, TINY | {"select_eval_cap": True}, RunContext(seed=seed, progress=False))
     choice = rec.training["eval_cap"]
     scores = {s["eval_max_nodes_per_hop"]: s["valid_rmse"] for s in choice["valid_rmse"]}
     assert list(scores) == [3, 6, None]
-    for cap, score in scores.items():
-        assert score == pytest.approx(_valid_rmse(rec, split.train, cap), rel=1e-5)
+    for cap, score in scores.items():  # the run's own validation split, carved with its seed
+        assert score == pytest.approx(_valid_rmse(rec, split.train, cap, seed), rel=1e-5)
     assert len({round(v, 6) for v in scores.values()}) == 3  # the caps really cut different subgraphs
     # The first is the cap training validated with: its score is the kept epoch's.
     assert scores[3] == pytest.approx(rec.training["best_valid_rmse"], rel=1e-6)
@@ -110,6 +111,21 @@ def test_choosing_after_training_gives_what_training_with_the_option_gives():
     mf = Recommender.fit("mf", split.train, {"epochs": 1}, CTX)
     with pytest.raises(CmcrecError, match="mf cuts no subgraphs"):
         mf.choose_eval_cap()
+    later.reset_eval_cap()
+    assert later.config.eval_max_nodes_per_hop == 3 and "eval_cap" not in later.training
+    # The validation split must be the run's own: no seed recorded, or other training ratings, is an error.
+    unseeded = Recommender(later.model_name, later.config, later.module, later.train, training={})
+    with pytest.raises(CmcrecError, match="no training seed"):
+        unseeded.choose_eval_cap()
+    fewer = Recommender(
+        later.model_name,
+        later.config,
+        later.module,
+        split.train.subset(np.arange(len(split.train) // 2)),
+        later.training,
+    )
+    with pytest.raises(CmcrecError, match="validation ratings where training used"):
+        fewer.choose_eval_cap()
 
 
 def test_predictions_use_the_chosen_cap(monkeypatch):
@@ -132,24 +148,38 @@ def test_predictions_use_the_chosen_cap(monkeypatch):
     assert not np.allclose(got, at(3), rtol=1e-6)
 
 
-def test_off_by_default_and_a_saved_choice_is_reused_not_retrained(tmp_path, monkeypatch):
+def test_models_differing_only_in_select_eval_cap_share_their_training(tmp_path, monkeypatch):
+    """The option acts after training: one saved model serves runs with and without it, each set
+    up as its config asks, and nothing is retrained."""
+    assert model_key("s", "igmc", {"lr": 0.1, "select_eval_cap": True}, 0) == model_key("s", "igmc", {"lr": 0.1}, 0)
+    monkeypatch.setattr(  # a choice that differs from the trained cap, so the set-up shows
+        "cmcrec.recommender.choose_eval_cap", lambda cap, score: {"trained_with": cap, "chosen": None, "valid_rmse": []}
+    )
     split = low_rank_split(seed=3)
-    plain = Recommender.fit("igmc", split.train, TINY, CTX)
-    assert "eval_cap" not in plain.training and plain.config.eval_max_nodes_per_hop == 3
-    config = IGMCConfig.from_dict(TINY | {"select_eval_cap": True})
-    first = fit_or_load("igmc", split.train, config, CTX, tmp_path, "m")
+    on, off = (IGMCConfig.from_dict(TINY | {"select_eval_cap": flag}) for flag in (True, False))
+    first = fit_or_load("igmc", split.train, on, CTX, tmp_path, "m")
+    assert first.config.eval_max_nodes_per_hop is None
     fits = []
     monkeypatch.setattr(Recommender, "fit", lambda *a, **k: fits.append(1))
-    again = fit_or_load("igmc", split.train, config, CTX, tmp_path, "m")
-    assert fits == [] and again.config == first.config and again.training["eval_cap"] == first.training["eval_cap"]
+    plain = fit_or_load("igmc", split.train, off, CTX, tmp_path, "m")
+    assert plain.config == off and "eval_cap" not in plain.training
+    again = fit_or_load("igmc", split.train, on, CTX, tmp_path, "m")
+    assert again.config == on.replace(eval_max_nodes_per_hop=None) and again.training["eval_cap"]["chosen"] is None
+    assert fits == []
+    # Saved without the option, then asked for it: chosen on load, still not retrained.
+    (tmp_path / "m").rename(tmp_path / "old")
+    plain.save(tmp_path / "m")
+    assert fit_or_load("igmc", split.train, on, CTX, tmp_path, "m").config.eval_max_nodes_per_hop is None
+    assert fits == []
 
 
 def _drop_from_checkpoint(directory, field):
     """Make a checkpoint look written before config field ``field`` existed."""
-    identity_file = directory.with_name(directory.name + ".json")
-    identity = json.loads(identity_file.read_text())
-    del identity["config"][field]
-    identity_file.write_text(json.dumps(identity))
+    identity_file = directory.with_name(directory.name + ".json")  # fit_or_load's, when there is one
+    if identity_file.is_file():
+        identity = json.loads(identity_file.read_text())
+        del identity["config"][field]
+        identity_file.write_text(json.dumps(identity))
     state_file = directory / "state.json"
     state = json.loads(state_file.read_text())
     fields = dict(state["__dict__"])
@@ -163,8 +193,8 @@ def _drop_from_checkpoint(directory, field):
 @pytest.mark.parametrize(
     ("dropped", "override", "resumed"),
     [
-        ("select_eval_cap", {}, True),  # added since, at its default: the same run
-        ("select_eval_cap", {"select_eval_cap": True}, False),  # this run sets it otherwise
+        ("edge_dropout", {}, True),  # as if added since: at its default, the same run
+        ("edge_dropout", {"edge_dropout": 0.1}, False),  # the checkpoint meant the default
         ("mean_over", {}, False),  # older checkpoints averaged per relation, this run per node
         ("mean_over", {"mean_over": "relation"}, True),
     ],
@@ -187,27 +217,32 @@ def test_a_checkpoint_from_before_a_field_existed_resumes_only_the_run_it_was(
     assert [h["epoch"] for h in rec.training["history"]] == [1, 2, 3]
 
 
-def test_the_benchmark_reports_the_choice_and_refuses_a_model_of_other_data(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import eval_cap
-
+@pytest.mark.parametrize(("dropped", "resumed"), [("edge_dropout", True), ("mean_over", False)])
+def test_the_trainer_resumes_a_checkpoint_from_before_a_field_only_if_it_is_the_same_run(
+    tmp_path, monkeypatch, dropped, resumed
+):
     split = low_rank_split(seed=3)
-    Recommender.fit("igmc", split.train, TINY, CTX).save(tmp_path / "m")
-    monkeypatch.setattr("cmcrec.data.datasets.load_split", lambda *a, **k: split)
-    out = tmp_path / "eval_cap.json"
-    assert eval_cap.main(["--dataset", "synthetic", "--models-dir", str(tmp_path), "m", "--out", str(out)]) == 0
-    run = json.loads(out.read_text())["runs"][0]
-    with_option = Recommender.fit("igmc", split.train, TINY | {"select_eval_cap": True}, CTX)
-    assert run["chosen"] == with_option.config.eval_max_nodes_per_hop and run["trained_with"] == 3
-    assert [c["valid_rmse"] for c in run["caps"]] == [
-        s["valid_rmse"] for s in with_option.training["eval_cap"]["valid_rmse"]
-    ]
-    test_rmse = float(
-        np.sqrt(np.mean((with_option.predict_indices(split.test.user, split.test.item) - split.test.rating) ** 2))
-    )
-    assert run["test_rmse_chosen_cap"] == pytest.approx(test_rmse, rel=1e-6)
-    assert "m " in capsys.readouterr().out
-    other = low_rank_split(seed=4)
-    monkeypatch.setattr("cmcrec.data.datasets.load_split", lambda *a, **k: other)
-    with pytest.raises(SystemExit, match="was not trained on"):
-        eval_cap.main(["--dataset", "synthetic", "--models-dir", str(tmp_path), "m"])
+    with monkeypatch.context() as m:
+        _kill_after_epoch(m, 2)
+        with pytest.raises(_Killed):
+            Recommender.fit("igmc", split.train, TINY, CTX, checkpoint_dir=tmp_path / "c")
+    _drop_from_checkpoint(tmp_path / "c", dropped)
+    if resumed:
+        rec = Recommender.fit("igmc", split.train, TINY, CTX, checkpoint_dir=tmp_path / "c", resume=True)
+        assert [h["epoch"] for h in rec.training["history"]] == [1, 2, 3]
+    else:  # older checkpoints averaged per relation; this run averages per node
+        with pytest.raises(ArtifactError, match="mean_over: checkpoint 'relation', now 'node'"):
+            Recommender.fit("igmc", split.train, TINY, CTX, checkpoint_dir=tmp_path / "c", resume=True)
+
+
+def test_a_run_killed_without_select_eval_cap_resumes_with_it(tmp_path, monkeypatch):
+    split = low_rank_split(seed=3)
+    with monkeypatch.context() as m:
+        _kill_after_epoch(m, 2)
+        with pytest.raises(_Killed):
+            fit_or_load("igmc", split.train, IGMCConfig.from_dict(TINY), CTX, tmp_path, "m")
+    restored = []
+    load = Trainer.load_checkpoint
+    monkeypatch.setattr(Trainer, "load_checkpoint", lambda self, d: restored.append(d) or load(self, d))
+    rec = fit_or_load("igmc", split.train, IGMCConfig.from_dict(TINY | {"select_eval_cap": True}), CTX, tmp_path, "m")
+    assert restored == [tmp_path / "m.checkpoint"] and "eval_cap" in rec.training

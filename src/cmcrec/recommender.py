@@ -169,40 +169,56 @@ class Recommender:
         # Predictions use every training rating (validation included) as graph context.
         rec = cls(model, config, trainer.model, train, training=summary, device=str(trainer.device), data=data)
         if getattr(config, "select_eval_cap", False):
-            rec.choose_eval_cap()
+            rec.choose_eval_cap(context)
         return rec
 
-    def choose_eval_cap(self) -> dict[str, Any]:
+    def choose_eval_cap(self, context: RunContext | None = None) -> dict[str, Any]:
         """Choose the evaluation cap on this model's validation split and predict with it from now on.
 
         What ``select_eval_cap`` does when training ends
         (:func:`~cmcrec.training.selection.choose_eval_cap`: the trained cap, twice it, none),
-        here for a model already trained: the validation ratings are carved from :attr:`train`
-        with the run's seed exactly as training carved them, and their subgraphs are cut from
-        the ratings left to fit, as during training. The weights do not change, so the result
-        is what training with ``select_eval_cap`` would have given. Records the choice in
-        ``training["eval_cap"]`` and returns it.
+        here also for a model already trained: the validation ratings are carved from
+        :attr:`train` with the run's seed exactly as training carved them, and their subgraphs
+        are cut from the ratings left to fit, as during training. The weights do not change, so
+        the result is what training with ``select_eval_cap`` would have given. Under torchrun
+        (``context``) each rank scores its share and the sums are shared, so all ranks choose
+        alike. Records the choice in ``training["eval_cap"]`` and returns it.
         """
         from cmcrec.graph.csr import RatingGraph
+        from cmcrec.training.trainer import validation_error
 
+        context = context or RunContext(progress=False)
         config = self.trained_config
         if not hasattr(config, "eval_max_nodes_per_hop"):
             raise CmcrecError(f"choose_eval_cap: {self.model_name} cuts no subgraphs, so it has no evaluation cap")
-        fit_part, valid = carve_validation(self.train, config, self.training.get("seed", 0))
+        seed = self.training.get("seed")
+        if seed is None:
+            raise CmcrecError("choose_eval_cap: the model records no training seed, so its validation split is unknown")
+        fit_part, valid = carve_validation(self.train, config, seed)
+        if self.training.get("num_valid", len(valid)) != len(valid):
+            raise CmcrecError(
+                f"choose_eval_cap: carved {len(valid)} validation ratings where training used "
+                f"{self.training['num_valid']}; the model's training ratings or valid_fraction differ from its run's"
+            )
         graph = RatingGraph.from_ratings(fit_part)
 
         def valid_rmse(cap: int | None) -> float:
             batcher = make_batcher(
                 self.module.batch_kind, config.replace(eval_max_nodes_per_hop=cap), graph, train=False, seed=0
             )
-            pred = predict_rows(self.module, batcher, valid.user, valid.item, batch_size=512, device=self.device)
-            return float(np.sqrt(np.mean((pred.astype(np.float64) - valid.rating) ** 2)))
+            return validation_error(self.module, batcher, valid, config.batch_size * 2, self.device, context)[0]
 
         choice = choose_eval_cap(config.eval_max_nodes_per_hop, valid_rmse)
         self.training["eval_cap"] = choice
         self.config = self.config.replace(eval_max_nodes_per_hop=choice["chosen"])
         self._batcher = None
         return choice
+
+    def reset_eval_cap(self) -> None:
+        """Undo :meth:`choose_eval_cap`: predict with the cap training validated with again."""
+        self.config = self.trained_config
+        self.training.pop("eval_cap", None)
+        self._batcher = None
 
     @property
     def trained_config(self) -> TrainConfig:

@@ -16,6 +16,7 @@ import torch
 
 from cmcrec.artifacts import atomic_write_text
 from cmcrec.errors import ConfigError
+from cmcrec.training.trainer import POST_TRAINING_FIELDS, training_settings
 
 
 def machine() -> dict[str, Any]:
@@ -79,6 +80,10 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     A study killed mid-training (a session that ends, a machine that is taken back) then
     resumes at the next epoch when run again with the same config; a checkpoint from a
     different config or data is discarded, never resumed.
+
+    Settings that act only once training has ended (``select_eval_cap``) are not part of
+    the match: a reused model is set up as ``config`` asks (the cap chosen on validation,
+    or the one training used).
     """
     from cmcrec.recommender import Recommender
 
@@ -86,8 +91,9 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     if path is not None and (path / "manifest.json").is_file():
         rec = Recommender.load(path, device="cpu" if context.device == "auto" else context.device)
         same_data = len(rec.train) == len(train) and rec.train.digest() == train.digest()
-        if rec.trained_config == config and same_data and rec.training.get("seed") == context.seed:
-            return rec
+        same_training = training_settings(rec.trained_config) == training_settings(config)
+        if same_training and same_data and rec.training.get("seed") == context.seed:
+            return _as_requested(rec, config, context)
     if path is None:
         return Recommender.fit(model, train, config, context)
     checkpoint = path.with_name(path.name + ".checkpoint")
@@ -97,7 +103,7 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
         json.dumps(
             {
                 "model": model,
-                "config": config.to_dict(),
+                "config": training_settings(config),
                 "seed": context.seed,
                 "num_train": len(train),
                 "train_digest": train.digest(),
@@ -107,7 +113,9 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     saved = _read_json(identity_file)
     if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
         # A field added to the config since the checkpoint was written counts as what it meant then.
-        saved["config"] = type(config).fill_added_fields(saved["config"], identity["config"])
+        saved["config"] = type(config).fill_added_fields(
+            {k: v for k, v in saved["config"].items() if k not in POST_TRAINING_FIELDS}, identity["config"]
+        )
     resume = (checkpoint / "state.json").is_file() and saved == identity
     if not resume:
         shutil.rmtree(checkpoint, ignore_errors=True)
@@ -117,6 +125,20 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     rec.save(path)
     shutil.rmtree(checkpoint, ignore_errors=True)
     identity_file.unlink(missing_ok=True)
+    return rec
+
+
+def _as_requested(rec, config, context):
+    """A reused model set up as ``config`` asks for what happens after training: with
+    ``select_eval_cap``, the cap chosen on validation (chosen now if the saved model has no
+    choice yet); without it, the cap training validated with."""
+    if not hasattr(config, "select_eval_cap"):
+        return rec
+    if not config.select_eval_cap:
+        rec.reset_eval_cap()
+    elif "eval_cap" not in rec.training:
+        rec.choose_eval_cap(context)
+    rec.config = rec.config.replace(select_eval_cap=config.select_eval_cap)
     return rec
 
 
@@ -166,8 +188,10 @@ def model_key(
     epochs: int | None = None,
 ) -> str:
     """The ``--models-dir`` name of a trained model: split, model, preset, ``--epochs``, ``--set``
-    overrides, seed. Runs that differ in any of them keep their own artifact (before the preset and
+    overrides (less those that act after training, :data:`~cmcrec.training.trainer.POST_TRAINING_FIELDS`:
+    runs differing only in them share the trained weights), seed. Runs that differ in any of them keep
+    their own artifact (before the preset and
     epochs were part of the name, a paper-preset run overwrote the cpu-preset model of the same seed)."""
-    tag = "".join(f"-{k}{v}" for k, v in sorted((overrides or {}).items()))
+    tag = "".join(f"-{k}{v}" for k, v in sorted((overrides or {}).items()) if k not in POST_TRAINING_FIELDS)
     budget = (f"-{preset}" if preset else "") + (f"-e{epochs}" if epochs is not None else "")
     return f"{split_name.replace('/', '-')}-{model}{budget}{tag}-s{seed}"

@@ -32,9 +32,13 @@ def choose_eval_cap(cap: int | None, valid_rmse: Callable[[int | None], float]) 
     Returns:
         ``{"trained_with": cap, "chosen": best, "valid_rmse": [{"eval_max_nodes_per_hop": c,
         "valid_rmse": r}, ...]}``. Of equal scores the first (the smaller, cheaper cap) wins;
-        non-finite scores are never chosen (all non-finite: ``cap`` is kept).
+        a non-finite score is recorded as ``None`` (plain JSON) and never chosen (all
+        non-finite: ``cap`` is kept).
     """
-    scores = [{"eval_max_nodes_per_hop": c, "valid_rmse": float(valid_rmse(c))} for c in eval_cap_candidates(cap)]
-    finite = [s for s in scores if math.isfinite(s["valid_rmse"])]
+    scores = []
+    for c in eval_cap_candidates(cap):
+        r = float(valid_rmse(c))
+        scores.append({"eval_max_nodes_per_hop": c, "valid_rmse": r if math.isfinite(r) else None})
+    finite = [s for s in scores if s["valid_rmse"] is not None]
     chosen = min(finite, key=lambda s: s["valid_rmse"])["eval_max_nodes_per_hop"] if finite else cap
     return {"trained_with": cap, "chosen": chosen, "valid_rmse": scores}

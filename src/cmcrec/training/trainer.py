@@ -61,12 +61,20 @@ def flush_subnormals_(tensors: list[torch.Tensor]) -> None:
 
 #: Config fields a resumed run may change: they decide only when training stops.
 RESUMABLE_FIELDS = ("epochs", "patience", "min_delta")
+#: Config fields that act once training has ended (on the kept weights): no part of what a
+#: training run, its checkpoints or its saved weights are.
+POST_TRAINING_FIELDS = ("select_eval_cap",)
+
+
+def training_settings(config: TrainConfig) -> dict:
+    """``config`` as a dict, less :data:`POST_TRAINING_FIELDS`: what the trained weights depend on."""
+    return {k: v for k, v in asdict(config).items() if k not in POST_TRAINING_FIELDS}
 
 
 def run_identity(config: TrainConfig, seed: int, train: Ratings, valid: Ratings) -> str:
-    """What a checkpoint belongs to, as JSON: the config (less :data:`RESUMABLE_FIELDS`), the
-    seed and digests of the fit and validation ratings."""
-    fields = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_FIELDS}
+    """What a checkpoint belongs to, as JSON: the config (less :data:`RESUMABLE_FIELDS` and
+    :data:`POST_TRAINING_FIELDS`), the seed and digests of the fit and validation ratings."""
+    fields = {k: v for k, v in training_settings(config).items() if k not in RESUMABLE_FIELDS}
     return json.dumps(
         {"config": fields, "seed": seed, "fit_ratings": train.digest(), "valid_ratings": valid.digest()},
         sort_keys=True,
@@ -74,14 +82,27 @@ def run_identity(config: TrainConfig, seed: int, train: Ratings, valid: Ratings)
     )
 
 
-def identity_difference(saved: str, now: str, config_cls: type[TrainConfig] | None = None) -> str:
-    """The first few differences between two :func:`run_identity` strings, in words; ``""`` when
-    they name the same run. With ``config_cls``, a config field added after the checkpoint was
-    written counts as what it meant then (:meth:`~cmcrec.config.ConfigBase.fill_added_fields`), so
-    adding a field does not orphan the checkpoints of runs already under way."""
+def _comparable(saved: str, now: str, config_cls: type[TrainConfig] | None) -> tuple[dict, dict]:
     a, b = json.loads(saved), json.loads(now)
+    for d in (a, b):
+        d["config"] = {k: v for k, v in d["config"].items() if k not in POST_TRAINING_FIELDS}
     if config_cls is not None:
         a["config"] = config_cls.fill_added_fields(a["config"], b["config"])
+    return a, b
+
+
+def same_run(saved: str, now: str, config_cls: type[TrainConfig] | None = None) -> bool:
+    """Whether two :func:`run_identity` strings name the same run. With ``config_cls``, a config
+    field added after the checkpoint was written counts as what it meant then
+    (:meth:`~cmcrec.config.ConfigBase.fill_added_fields`), so adding a field does not orphan the
+    checkpoints of runs already under way."""
+    a, b = _comparable(saved, now, config_cls)
+    return a == b
+
+
+def identity_difference(saved: str, now: str, config_cls: type[TrainConfig] | None = None) -> str:
+    """The first few differences between two :func:`run_identity` strings, in words."""
+    a, b = _comparable(saved, now, config_cls)
     out = [
         f"{k}: checkpoint {a['config'].get(k)!r}, now {b['config'].get(k)!r}"
         for k in sorted(set(a["config"]) | set(b["config"]))
@@ -187,6 +208,34 @@ def predict_rows(
         pos += len(pred)
     model.train(was_training)
     return out
+
+
+def validation_error(
+    model: RatingModel,
+    batcher: Callable,
+    valid: Ratings,
+    batch_size: int,
+    device: torch.device | str,
+    context: RunContext,
+) -> tuple[float, float]:
+    """Validation ``(rmse, mse)``: each rank predicts its share of ``valid``, and the squared errors
+    and counts are summed over ranks before dividing (never a mean of means), so every rank gets
+    the same figures."""
+    batches = ordered_batches(len(valid), batch_size, context.rank, context.world_size)
+    rows = np.concatenate(batches) if batches else np.zeros(0, np.int64)
+    pred = predict_rows(
+        model,
+        batcher,
+        valid.user[rows],
+        valid.item[rows],
+        batch_size=batch_size,
+        device=device,
+        num_workers=context.num_workers,
+    )
+    sq = float(((pred.astype(np.float64) - valid.rating[rows]) ** 2).sum())
+    sq, count = dist_utils.all_reduce_sums([sq, float(len(rows))], torch.device(device), context)
+    mse = sq / max(count, 1.0)
+    return math.sqrt(mse), mse
 
 
 @dataclass
@@ -356,23 +405,8 @@ class Trainer:
         return self.context.progress
 
     def evaluate(self, valid: Ratings, batcher: Callable) -> tuple[float, float]:
-        """Validation ``(rmse, mse)`` over all ranks' shares, summed then divided (never a mean of means)."""
-        ctx = self.context
-        batches = ordered_batches(len(valid), self.config.batch_size * 2, ctx.rank, ctx.world_size)
-        rows = np.concatenate(batches) if batches else np.zeros(0, np.int64)
-        pred = predict_rows(
-            self.model,
-            batcher,
-            valid.user[rows],
-            valid.item[rows],
-            batch_size=self.config.batch_size * 2,
-            device=self.device,
-            num_workers=ctx.num_workers,
-        )
-        sq = float(((pred.astype(np.float64) - valid.rating[rows]) ** 2).sum())
-        sq, count = dist_utils.all_reduce_sums([sq, float(len(rows))], self.device, ctx)
-        mse = sq / max(count, 1.0)
-        return math.sqrt(mse), mse
+        """Validation ``(rmse, mse)`` of the model as it stands (:func:`validation_error`)."""
+        return validation_error(self.model, batcher, valid, self.config.batch_size * 2, self.device, self.context)
 
     def _float_state(self) -> list[torch.Tensor]:
         """Every float tensor that training updates: weights, optimiser moments, averaged weights."""
@@ -394,13 +428,12 @@ class Trainer:
         """Train, selecting the epoch with the lowest validation RMSE; the model ends with its weights."""
         ctx, cfg = self.context, self.config
         self._identity = run_identity(cfg, ctx.seed, train, valid)
-        if self._restored_identity is not None:
-            difference = identity_difference(self._restored_identity, self._identity, type(cfg))
-            if difference:
-                raise ArtifactError(
-                    f"{self._checkpoint_source}: the checkpoint belongs to another run ({difference}); "
-                    "resume with the settings it was written with, or start afresh"
-                )
+        if self._restored_identity is not None and not same_run(self._restored_identity, self._identity, type(cfg)):
+            raise ArtifactError(
+                f"{self._checkpoint_source}: the checkpoint belongs to another run "
+                f"({identity_difference(self._restored_identity, self._identity, type(cfg))}); "
+                "resume with the settings it was written with, or start afresh"
+            )
         if self.start_epoch == 0:
             torch.manual_seed(ctx.seed * 1000 + ctx.rank)
         ds = TargetRows(train.user, train.item, train.rating, train_batcher)
