@@ -42,6 +42,7 @@ from cmcrec.graph.csr import RatingGraph  # noqa: E402
 from cmcrec.models.registry import DataSpec, get_model  # noqa: E402
 from cmcrec.recommender import Recommender, carve_validation  # noqa: E402
 from cmcrec.training import distributed as dist_utils  # noqa: E402
+from cmcrec.training import trainer as trainer_module  # noqa: E402
 from cmcrec.training.batching import make_batcher  # noqa: E402
 from cmcrec.training.trainer import Trainer, predict_rows  # noqa: E402
 
@@ -136,7 +137,14 @@ def main() -> None:
     # 2b. The evaluation cap chosen on validation: each rank scores its share and the sums are
     # shared, so every rank chooses alike, with the scores of one process over all rows.
     if hasattr(config, "select_eval_cap"):
+        predicted = []  # rows this rank scores: its share of each cap's validation pass
+        real_predict_rows = trainer_module.predict_rows
+        trainer_module.predict_rows = lambda *a, **k: predicted.append(len(a[2])) or real_predict_rows(*a, **k)
         choice = rec.choose_eval_cap(ctx)
+        trainer_module.predict_rows = real_predict_rows
+        out["eval_cap_rows_this_rank"] = sum(predicted)
+        out["eval_cap_rows_all_ranks"] = dist_utils.all_reduce_sums([float(sum(predicted))], CPU, ctx)[0]
+        out["eval_cap_rows_expected"] = len(valid) * len(choice["valid_rmse"])
         scores = torch.tensor([s["valid_rmse"] for s in choice["valid_rmse"]], dtype=torch.float64)
         out["eval_cap_same_on_ranks"], _ = _same_on_every_rank(scores, ctx)
         if ctx.is_main:

@@ -127,6 +127,9 @@ def test_two_processes_against_one(tmp_path, model, config):
     # (b) the evaluation cap chosen on validation: every rank chooses alike, as one process would.
     if model != "mf":
         assert r["eval_cap_same_on_ranks"]
+        # Each rank scored only its share: the shares add up to every row once per cap.
+        assert r["eval_cap_rows_all_ranks"] == r["eval_cap_rows_expected"]
+        assert r["eval_cap_rows_this_rank"] < r["eval_cap_rows_expected"]
         got, want = r["eval_cap_distributed"], r["eval_cap_single"]
         assert got["chosen"] == want["chosen"] and got["trained_with"] == want["trained_with"]
         for a, b in zip(got["valid_rmse"], want["valid_rmse"], strict=True):

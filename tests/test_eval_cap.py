@@ -246,3 +246,55 @@ def test_a_run_killed_without_select_eval_cap_resumes_with_it(tmp_path, monkeypa
     monkeypatch.setattr(Trainer, "load_checkpoint", lambda self, d: restored.append(d) or load(self, d))
     rec = fit_or_load("igmc", split.train, IGMCConfig.from_dict(TINY | {"select_eval_cap": True}), CTX, tmp_path, "m")
     assert restored == [tmp_path / "m.checkpoint"] and "eval_cap" in rec.training
+
+
+def _add_to_checkpoint(directory, field, value):
+    """Make a checkpoint look written by a version that kept ``field`` in its identities."""
+    identity_file = directory.with_name(directory.name + ".json")
+    if identity_file.is_file():
+        identity = json.loads(identity_file.read_text())
+        identity["config"][field] = value
+        identity_file.write_text(json.dumps(identity))
+    state_file = directory / "state.json"
+    state = json.loads(state_file.read_text())
+    fields = dict(state["__dict__"])
+    run = json.loads(fields["identity"])
+    run["config"][field] = value
+    fields["identity"] = json.dumps(run, sort_keys=True)
+    state["__dict__"] = [[k, v] for k, v in fields.items()]
+    state_file.write_text(json.dumps(state))
+
+
+def test_a_checkpoint_whose_identity_holds_select_eval_cap_resumes_either_way(tmp_path, monkeypatch):
+    """Identities written between ee2ef02 and 4a87406 held the post-training field; it never
+    separates runs."""
+    split = low_rank_split(seed=3)
+    with monkeypatch.context() as m:
+        _kill_after_epoch(m, 2)
+        with pytest.raises(_Killed):
+            fit_or_load("igmc", split.train, IGMCConfig.from_dict(TINY), CTX, tmp_path, "m")
+    _add_to_checkpoint(tmp_path / "m.checkpoint", "select_eval_cap", True)
+    restored = []
+    load = Trainer.load_checkpoint
+    monkeypatch.setattr(Trainer, "load_checkpoint", lambda self, d: restored.append(d) or load(self, d))
+    rec = fit_or_load("igmc", split.train, IGMCConfig.from_dict(TINY), CTX, tmp_path, "m")
+    assert restored == [tmp_path / "m.checkpoint"] and [h["epoch"] for h in rec.training["history"]] == [1, 2, 3]
+    # The trainer's own check (--resume) agrees.
+    with monkeypatch.context() as m:
+        _kill_after_epoch(m, 2)
+        with pytest.raises(_Killed):
+            Recommender.fit("igmc", split.train, TINY, CTX, checkpoint_dir=tmp_path / "c")
+    _add_to_checkpoint(tmp_path / "c", "select_eval_cap", True)
+    rec = Recommender.fit("igmc", split.train, TINY, CTX, checkpoint_dir=tmp_path / "c", resume=True)
+    assert [h["epoch"] for h in rec.training["history"]] == [1, 2, 3]
+
+
+def test_choosing_on_a_model_read_back_from_disk(tmp_path):
+    """The validation split is carved again from the saved training ratings."""
+    split = low_rank_split(seed=3)
+    ctx = RunContext(seed=2, progress=False)
+    Recommender.fit("igmc", split.train, TINY, ctx).save(tmp_path / "m")
+    loaded = Recommender.load(tmp_path / "m")
+    with_option = Recommender.fit("igmc", split.train, TINY | {"select_eval_cap": True}, ctx)
+    assert loaded.choose_eval_cap() == with_option.training["eval_cap"]
+    assert loaded.config == with_option.config

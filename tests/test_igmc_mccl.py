@@ -359,3 +359,29 @@ def test_mccl_mask_repeated_targets_reaches_infonce():
     assert infonce(masked, same, same) == pytest.approx(0.0, abs=1e-7)
     with pytest.raises(ValueError, match="target_user"):
         masked.train()(batch)  # a batch built without ids
+
+
+def test_mccl_trains_with_mask_repeated_targets_through_dataloader_workers():
+    """The ids survive the worker processes, pinning and the move to the device."""
+    from synthetic import low_rank_split
+
+    from cmcrec.config import RunContext
+    from cmcrec.recommender import Recommender
+
+    split = low_rank_split(seed=3)
+    config = {
+        "epochs": 1,
+        "hidden_channels": 8,
+        "num_layers": 2,
+        "num_bases": 2,
+        "head_hidden": 16,
+        "latent_channels": 8,
+        "scorer_hidden": 4,
+        "max_nodes_per_hop": 4,
+        "eval_max_nodes_per_hop": 4,
+        "batch_size": 64,
+        "lambda_cl": 1.0,
+        "mask_repeated_targets": True,
+    }
+    rec = Recommender.fit("mccl", split.train, config, RunContext(num_workers=1, progress=False))
+    assert rec.training["history"][0]["parts"]["infonce"] > 0

@@ -106,6 +106,13 @@ def test_batcher_appends_negatives_of_the_same_user(ratings, graph):
     assert np.all(graph.edge_position(user_of[40:], item_of[40:]) < 0)
 
 
+def test_batches_name_their_targets_without_ranking_negatives_too(ratings, graph):
+    rows = np.arange(25)
+    batch = SubgraphBatcher(graph, 5, seed=3)(ratings.user[rows], ratings.item[rows], ratings.rating[rows])
+    np.testing.assert_array_equal(batch.target_user.numpy(), ratings.user[rows])
+    np.testing.assert_array_equal(batch.target_item.numpy(), ratings.item[rows])
+
+
 def test_batcher_without_positives_has_empty_rank_index(ratings, graph):
     batcher = SubgraphBatcher(graph, 5, seed=3, rank_negatives=2, rank_threshold=99.0)
     batch = batcher(ratings.user[:10], ratings.item[:10], ratings.rating[:10].astype(np.float32))

@@ -43,7 +43,7 @@ from cmcrec.models.base import RatingModel
 from cmcrec.models.registry import DataSpec, get_model
 from cmcrec.training.batching import fit_batchers, make_batcher
 from cmcrec.training.selection import choose_eval_cap
-from cmcrec.training.trainer import EpochRecord, Trainer, TrainResult, predict_rows, resolve_device
+from cmcrec.training.trainer import EpochRecord, Trainer, TrainResult, predict_rows, resolve_device, validation_error
 
 FORMAT = "cmcrec-model"
 FORMAT_VERSION = 1
@@ -185,7 +185,6 @@ class Recommender:
         alike. Records the choice in ``training["eval_cap"]`` and returns it.
         """
         from cmcrec.graph.csr import RatingGraph
-        from cmcrec.training.trainer import validation_error
 
         context = context or RunContext(progress=False)
         config = self.trained_config
@@ -210,15 +209,25 @@ class Recommender:
 
         choice = choose_eval_cap(config.eval_max_nodes_per_hop, valid_rmse)
         self.training["eval_cap"] = choice
-        self.config = self.config.replace(eval_max_nodes_per_hop=choice["chosen"])
+        self.config = self.config.replace(eval_max_nodes_per_hop=choice["chosen"], select_eval_cap=True)
         self._batcher = None
         return choice
 
     def reset_eval_cap(self) -> None:
         """Undo :meth:`choose_eval_cap`: predict with the cap training validated with again."""
         self.config = self.trained_config
+        if hasattr(self.config, "select_eval_cap"):
+            self.config = self.config.replace(select_eval_cap=False)
         self.training.pop("eval_cap", None)
         self._batcher = None
+
+    def apply_select_eval_cap(self, select: bool, context: RunContext | None = None) -> None:
+        """Set the model up as ``select_eval_cap=select`` asks: the cap chosen on validation
+        (kept if already chosen, else chosen now), or the one training validated with."""
+        if not select:
+            self.reset_eval_cap()
+        elif "eval_cap" not in self.training:
+            self.choose_eval_cap(context)
 
     @property
     def trained_config(self) -> TrainConfig:

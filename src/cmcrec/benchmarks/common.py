@@ -16,7 +16,7 @@ import torch
 
 from cmcrec.artifacts import atomic_write_text
 from cmcrec.errors import ConfigError
-from cmcrec.training.trainer import POST_TRAINING_FIELDS, training_settings
+from cmcrec.training.trainer import comparable_saved_config, training_settings
 
 
 def machine() -> dict[str, Any]:
@@ -93,7 +93,9 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
         same_data = len(rec.train) == len(train) and rec.train.digest() == train.digest()
         same_training = training_settings(rec.trained_config) == training_settings(config)
         if same_training and same_data and rec.training.get("seed") == context.seed:
-            return _as_requested(rec, config, context)
+            if hasattr(config, "select_eval_cap"):  # acts after training: set up as this config asks
+                rec.apply_select_eval_cap(config.select_eval_cap, context)
+            return rec
     if path is None:
         return Recommender.fit(model, train, config, context)
     checkpoint = path.with_name(path.name + ".checkpoint")
@@ -113,9 +115,7 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     saved = _read_json(identity_file)
     if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
         # A field added to the config since the checkpoint was written counts as what it meant then.
-        saved["config"] = type(config).fill_added_fields(
-            {k: v for k, v in saved["config"].items() if k not in POST_TRAINING_FIELDS}, identity["config"]
-        )
+        saved["config"] = comparable_saved_config(saved["config"], identity["config"], type(config))
     resume = (checkpoint / "state.json").is_file() and saved == identity
     if not resume:
         shutil.rmtree(checkpoint, ignore_errors=True)
@@ -125,20 +125,6 @@ def fit_or_load(model: str, train, config, context, models_dir: Path | None, key
     rec.save(path)
     shutil.rmtree(checkpoint, ignore_errors=True)
     identity_file.unlink(missing_ok=True)
-    return rec
-
-
-def _as_requested(rec, config, context):
-    """A reused model set up as ``config`` asks for what happens after training: with
-    ``select_eval_cap``, the cap chosen on validation (chosen now if the saved model has no
-    choice yet); without it, the cap training validated with."""
-    if not hasattr(config, "select_eval_cap"):
-        return rec
-    if not config.select_eval_cap:
-        rec.reset_eval_cap()
-    elif "eval_cap" not in rec.training:
-        rec.choose_eval_cap(context)
-    rec.config = rec.config.replace(select_eval_cap=config.select_eval_cap)
     return rec
 
 
@@ -192,6 +178,6 @@ def model_key(
     runs differing only in them share the trained weights), seed. Runs that differ in any of them keep
     their own artifact (before the preset and
     epochs were part of the name, a paper-preset run overwrote the cpu-preset model of the same seed)."""
-    tag = "".join(f"-{k}{v}" for k, v in sorted((overrides or {}).items()) if k not in POST_TRAINING_FIELDS)
+    tag = "".join(f"-{k}{v}" for k, v in sorted(training_settings(overrides or {}).items()))
     budget = (f"-{preset}" if preset else "") + (f"-e{epochs}" if epochs is not None else "")
     return f"{split_name.replace('/', '-')}-{model}{budget}{tag}-s{seed}"

@@ -86,7 +86,7 @@ class SubgraphBatch(_TensorBatch):
             (column 0) and of ``m`` pairs of the same user with items that
             user has not rated (columns ``1..m``, indices ``>= B_y``).
         target_user: int64 ``(B,)`` or ``None``: each graph's target user as
-            an index of the graph it was cut from (the batcher sets it; InfoNCE
+            an index of the graph it was cut from (extraction sets it; InfoNCE
             reads it to tell repeated targets apart, the layers never do).
         target_item: int64 ``(B,)`` or ``None``: the same for target items.
     """

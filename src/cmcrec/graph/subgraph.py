@@ -368,6 +368,8 @@ def extract_subgraphs_with_nodes(
         item_pos=torch.from_numpy(item_pos),
         y=torch.from_numpy(y.copy()),
         num_labels=num_labels,
+        target_user=torch.tensor(users, dtype=torch.int64),
+        target_item=torch.tensor(items, dtype=torch.int64),
     )
     return batch, node_index
 

@@ -167,10 +167,9 @@ class SubgraphBatcher(_SeededBatcher):
         batch = extract_subgraphs(
             self.graph, users, items, max_nodes_per_hop=self.max_nodes_per_hop, hops=self.hops, rng=rng, y=y_all
         )
-        ids = {"target_user": torch.from_numpy(users), "target_item": torch.from_numpy(items)}
         if rank_index is None:
-            return replace(batch, **ids)
-        return replace(batch, y=batch.y[: len(y)].clone(), rank_index=torch.from_numpy(rank_index), **ids)
+            return batch
+        return replace(batch, y=batch.y[: len(y)].clone(), rank_index=torch.from_numpy(rank_index))
 
 
 class TargetRows(Dataset):

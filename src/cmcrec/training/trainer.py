@@ -66,9 +66,18 @@ RESUMABLE_FIELDS = ("epochs", "patience", "min_delta")
 POST_TRAINING_FIELDS = ("select_eval_cap",)
 
 
-def training_settings(config: TrainConfig) -> dict:
-    """``config`` as a dict, less :data:`POST_TRAINING_FIELDS`: what the trained weights depend on."""
-    return {k: v for k, v in asdict(config).items() if k not in POST_TRAINING_FIELDS}
+def training_settings(config: TrainConfig | dict) -> dict:
+    """``config`` (or its dict) less :data:`POST_TRAINING_FIELDS`: what the trained weights depend on."""
+    fields = config if isinstance(config, dict) else asdict(config)
+    return {k: v for k, v in fields.items() if k not in POST_TRAINING_FIELDS}
+
+
+def comparable_saved_config(saved: dict, now: dict, config_cls: type[TrainConfig] | None) -> dict:
+    """A config dict written with a checkpoint, made comparable with ``now`` (this run's
+    :func:`training_settings`): post-training fields dropped, and, with ``config_cls``, each field
+    added since counted as what it meant then (:meth:`~cmcrec.config.ConfigBase.fill_added_fields`)."""
+    saved = training_settings(saved)
+    return saved if config_cls is None else config_cls.fill_added_fields(saved, now)
 
 
 def run_identity(config: TrainConfig, seed: int, train: Ratings, valid: Ratings) -> str:
@@ -84,10 +93,8 @@ def run_identity(config: TrainConfig, seed: int, train: Ratings, valid: Ratings)
 
 def _comparable(saved: str, now: str, config_cls: type[TrainConfig] | None) -> tuple[dict, dict]:
     a, b = json.loads(saved), json.loads(now)
-    for d in (a, b):
-        d["config"] = {k: v for k, v in d["config"].items() if k not in POST_TRAINING_FIELDS}
-    if config_cls is not None:
-        a["config"] = config_cls.fill_added_fields(a["config"], b["config"])
+    b["config"] = training_settings(b["config"])
+    a["config"] = comparable_saved_config(a["config"], b["config"], config_cls)
     return a, b
 
 
