@@ -134,6 +134,29 @@ def test_bad_config_file(capsys, tmp_path):
     assert code == 2 and "not UTF-8" in err and "Traceback" not in err
 
 
+def test_set_config_fields_on_the_command_line(capsys, tmp_path, ratings_csv):
+    base = ["--dataset", str(ratings_csv), "--split", "random", "--json"]
+    tiny = ["--set", "hidden_channels=4", "--set", "num_layers=1", "--set", "head_hidden=8", "--epochs", "1"]
+    code, out, err = run(
+        capsys, "train", "--model", "igmc", *base, *tiny, "--set", "eval_max_nodes_per_hop=2",
+        "--set", "select_eval_cap=true", "--no-evaluate", "--out", str(tmp_path / "m"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert one_json(out)["eval_max_nodes_per_hop"] in (2, 4, None)
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["config"]["hidden_channels"] == 4 and manifest["config"]["select_eval_cap"] is True
+    assert [c["eval_max_nodes_per_hop"] for c in manifest["training"]["eval_cap"]["valid_rmse"]] == [2, 4, None]
+    code, out, err = run(capsys, "evaluate", "--model", "mf", *base, "--set", "factors=3", "--epochs", "1")
+    assert code == 0, err
+    for bad, message in [
+        (["--set", "nosuch=1"], "--set: unknown field(s) nosuch for igmc"),
+        (["--set", "lr"], "--set: expected KEY=VALUE"),
+        (["--set", "lr=-1"], "lr must be > 0"),
+    ]:
+        code, _, err = run(capsys, "train", "--model", "igmc", *base, *bad)
+        assert code == 2 and message in err and "Traceback" not in err, err
+
+
 def test_train_recommend_evaluate_end_to_end(capsys, tmp_path, ratings_csv):
     out_dir = tmp_path / "model"
     code, out, err = run(

@@ -20,8 +20,10 @@ from cmcrec.cli.options import (
     Device,
     Duplicates,
     Sep,
+    SetOpt,
     Workers,
     file_options,
+    parse_set,
     read_config_json,
 )
 from cmcrec.config import RunContext
@@ -154,13 +156,26 @@ def _load_split(dataset: str, split: str | None, data_dir: Path | None, seed: in
 
 
 def _config_overrides(
-    config_file: Path | None, epochs: int | None, preset: str | None, fields: set[str]
+    config_file: Path | None,
+    epochs: int | None,
+    preset: str | None,
+    fields: set[str],
+    set_pairs: list[str] | None = None,
+    model: str = "",
 ) -> dict[str, Any]:
     from cmcrec.models.presets import preset_overrides
 
     overrides: dict[str, Any] = preset_overrides(preset, fields) if preset else {}
     if config_file is not None:
         overrides.update(read_config_json(config_file))
+    sets = parse_set(set_pairs)
+    unknown = sorted(set(sets) - fields)
+    if unknown:
+        raise ConfigError(
+            f"--set: unknown field(s) {', '.join(unknown)} for {model or 'this model'}; "
+            f"known: {', '.join(sorted(fields))}"
+        )
+    overrides.update(sets)
     if epochs is not None:
         if epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {epochs}")
@@ -184,8 +199,10 @@ def fit_model(
     resume: bool,
     quiet: bool,
     table_options: dict[str, Any] | None = None,
+    set_pairs: list[str] | None = None,
 ):
-    """Load data, train, return (recommender, split). ``table_options`` read a ratings file."""
+    """Load data, train, return (recommender, split). ``table_options`` read a ratings file;
+    ``set_pairs`` are ``--set KEY=VALUE`` config fields."""
     from cmcrec.models.registry import get_model
     from cmcrec.recommender import Recommender
     from cmcrec.training.trainer import resolve_device
@@ -197,7 +214,8 @@ def fit_model(
     if max_train_ratings is not None and max_train_ratings < 2:
         raise ConfigError(f"--max-train-ratings must be >= 2, got {max_train_ratings}")
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    config = spec.make_config(_config_overrides(config_file, epochs, preset, fields), source="--config")
+    overrides = _config_overrides(config_file, epochs, preset, fields, set_pairs, model)
+    config = spec.make_config(overrides, source="--config/--set" if set_pairs else "--config")
     data = _load_split(dataset, split, data_dir, seed, table_options or {})
     train = subsample(data.train, max_train_ratings, seed)
     if train is not data.train:
@@ -218,6 +236,15 @@ def fit_model(
             f"({train.num_users:,} users × {train.num_items:,} items), device {context.device}"
         )
     rec = Recommender.fit(model, train, config, context, checkpoint_dir=checkpoint_dir, resume=resume, log=log)
+    choice = rec.training.get("eval_cap")
+    if choice and not quiet and context.is_main:
+        scores = ", ".join(
+            f"{c['eval_max_nodes_per_hop'] or 'all'}: {c['valid_rmse']:.4f}"
+            if c["valid_rmse"] is not None
+            else f"{c['eval_max_nodes_per_hop'] or 'all'}: n/a"
+            for c in choice["valid_rmse"]
+        )
+        _say(f"evaluation cap chosen on validation: {choice['chosen'] or 'all'} neighbours per hop ({scores})")
     if out is not None and context.is_main:
         rec.save(out)
         if not quiet:
@@ -241,6 +268,7 @@ def train(
     preset: Annotated[
         str | None, typer.Option("--preset", help="Config preset: 'cpu' (laptop budget) or 'paper'.")
     ] = None,
+    set_: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.checkpoint.")] = False,
     evaluate: Annotated[
         bool, typer.Option("--evaluate/--no-evaluate", help="Report test metrics after training.")
@@ -281,6 +309,7 @@ def train(
         resume,
         quiet=False,
         table_options=options,
+        set_pairs=set_,
     )
     from cmcrec.training.distributed import shutdown
 
@@ -295,6 +324,8 @@ def train(
         "train_seconds": rec.training.get("seconds"),
         "out": str(out) if out is not None else None,
     }
+    if "eval_cap" in rec.training:
+        result["eval_max_nodes_per_hop"] = rec.training["eval_cap"]["chosen"]
     if evaluate:
         result |= evaluate_recommender(rec, data, ks, candidates or None, rank_users=rank_users)
     shutdown()
@@ -319,6 +350,7 @@ def evaluate(
     max_train_ratings: Annotated[int | None, typer.Option("--max-train-ratings")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="When training: JSON config file.")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="When training: config preset.")] = None,
+    set_: SetOpt = None,
     candidates: Candidates = 200,
     rank_users: RankUsers = None,
     k: Ks = "5,10,20",
@@ -368,6 +400,7 @@ def evaluate(
             False,
             quiet=as_json,
             table_options=options,
+            set_pairs=set_,
         )
         if not context.is_main:  # under torchrun only rank 0 evaluates and prints
             from cmcrec.training.distributed import shutdown

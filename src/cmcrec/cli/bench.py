@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cmcrec.cli.options import Candidates, DataDir, Device, Workers
+from cmcrec.cli.options import Candidates, DataDir, Device, Workers, parse_set
 from cmcrec.errors import ConfigError
 
 bench_app = typer.Typer(help="Run the studies that produce benchmarks/results/.", no_args_is_help=True)
@@ -27,21 +27,6 @@ def _ints(value: str, flag: str) -> list[int]:
         return [int(v) for v in _csv(value, flag)]
     except ValueError:
         raise ConfigError(f"{flag}: expected comma-separated integers, got {value!r}") from None
-
-
-def _overrides(pairs: list[str] | None, flag: str = "--set") -> dict:
-    """``KEY=VALUE`` strings → a dict; values parse as JSON (numbers, true/false, null), else stay strings."""
-    out: dict = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"{flag}: expected KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def _check_overrides(overrides: dict, models: list[str], flag: str = "--set") -> None:
@@ -126,7 +111,7 @@ def accuracy(
         get_model(m)
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-    extra = _overrides(set_)
+    extra = parse_set(set_)
     _check_overrides(extra, ms)
     payload = run_accuracy(
         ds,
@@ -398,7 +383,7 @@ def blog(
 
     ms = _check_models(models, allowed_extra=(POPULARITY,))
     seed_list = _ints(seeds, "--seeds")
-    extra = _overrides(set_)
+    extra = parse_set(set_)
     _check_overrides(extra, ms)
     _check_common(dataset, preset, epochs, max_train_ratings, candidates)
     _check_split_name(dataset, split)

@@ -32,6 +32,15 @@ Duplicates = Annotated[
     typer.Option("--duplicates", help="Repeated (user, item) pairs in a ratings file: error (default), last or mean."),
 ]
 
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="A config field as KEY=VALUE (repeatable; the value parses as JSON: numbers, true/false, null), "
+        "applied after --preset and --config.",
+    ),
+]
+
 Columns = Annotated[
     str | None,
     typer.Option(
@@ -101,3 +110,18 @@ def read_config_json(path: Path, flag: str = "--config") -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"{flag}: {path}: expected a JSON object of config fields")
     return loaded
+
+
+def parse_set(pairs: list[str] | None, flag: str = "--set") -> dict[str, Any]:
+    """``KEY=VALUE`` strings → a dict; values parse as JSON (numbers, true/false, null), else stay strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{flag}: expected KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
