@@ -251,17 +251,17 @@ def test_blog_set_overrides_make_a_labelled_variant(split, tmp_path):
 
 
 def test_overrides_flag_parses_json_values():
-    from cmcrec.cli.bench import _overrides
+    from cmcrec.cli.options import parse_set
     from cmcrec.errors import ConfigError
 
-    assert _overrides(["rank_weight=0.3", "rank_threshold=null", "use_infonce=false", "x=abc"]) == {
+    assert parse_set(["rank_weight=0.3", "rank_threshold=null", "use_infonce=false", "x=abc"]) == {
         "rank_weight": 0.3,
         "rank_threshold": None,
         "use_infonce": False,
         "x": "abc",
     }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        _overrides(["novalue"])
+        parse_set(["novalue"])
 
 
 @pytest.mark.parametrize(
