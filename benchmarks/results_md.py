@@ -91,8 +91,9 @@ def accuracy_section(d: dict) -> list[str]:
     if variants:
         out += [
             "",
-            "Variants: runs with config overrides (`--set`), and runs from before `mean_over` existed, "
-            "labelled `mean_over=relation` (their R-GCN layers averaged per relation).",
+            "Variants: runs with config overrides (`--set`), YahooMusic with another number of rating buckets "
+            "(`--num-buckets`, labelled `num_buckets=N`; the default is 10), and runs from before `mean_over` "
+            "existed, labelled `mean_over=relation` (their R-GCN layers averaged per relation).",
             "",
             *_accuracy_table(variants),
         ]

@@ -298,3 +298,67 @@ def test_command_line_records_a_runnable_command(monkeypatch, argv, expected):
 
     monkeypatch.setattr(sys, "argv", argv)
     assert command_line() == expected
+
+
+def test_runs_with_other_buckets_are_their_own_labelled_runs_and_artifacts():
+    from cmcrec.benchmarks.accuracy import _key
+    from cmcrec.benchmarks.common import model_key
+
+    plain = [_run("yahoo_music", "igmc", s, v) for s, v in [(0, 19.0), (1, 19.2)]]
+    fine = [_run("yahoo_music", "igmc", s, v) | {"num_buckets": 100} for s, v in [(0, 18.8), (1, 19.0)]]
+    both = [r | {"overrides": {"ema_decay": 0.999}} for r in fine]
+    for r in plain + fine + both:
+        r["command"] = "cmd"
+    rows = {r["model"]: r for r in aggregate(plain + fine + both)}
+    assert set(rows) == {"igmc", "igmc (num_buckets=100)", "igmc (ema_decay=0.999, num_buckets=100)"}
+    assert rows["igmc (num_buckets=100)"]["rmse_mean"] == pytest.approx(18.9)
+    # A run from before the option (no field) is the same run as one at the dataset's default buckets.
+    assert _key(plain[0]) == _key(plain[0] | {"num_buckets": None}) != _key(fine[0])
+    # The reuse check compares ratings, not relation types: the artifact name must tell bucketings apart.
+    assert model_key("yahoo_music/monti", "igmc", {}, 0, "cpu", None, 100) == "yahoo_music-monti-igmc-cpu-b100-s0"
+    assert model_key("yahoo_music/monti", "igmc", {}, 0, "cpu") == "yahoo_music-monti-igmc-cpu-s0"
+
+
+def test_num_buckets_reaches_the_bucketed_datasets_only(tmp_path, monkeypatch):
+    """--num-buckets loads yahoo_music with that many relation types, leaves levelled datasets alone,
+    and records the count only where it differs from the dataset's default."""
+    import cmcrec.benchmarks.accuracy as acc
+    import cmcrec.data.datasets as datasets
+
+    seen = {}
+
+    def fake_load_split(name, split=None, data_dir=None, num_buckets=None):
+        seen[name] = num_buckets
+        return low_rank_split(num_users=20, num_items=15, seed=1)
+
+    monkeypatch.setattr(datasets, "load_split", fake_load_split)
+    out = tmp_path / "acc.json"
+    payload = acc.run_accuracy(["yahoo_music", "douban"], ["bias"], [0], out, num_buckets=20, log=lambda _: None)
+    assert seen == {"yahoo_music": 20, "douban": None}
+    assert {r["dataset"]: r.get("num_buckets") for r in payload["runs"]} == {"yahoo_music": 20, "douban": None}
+    assert {r["model"] for r in payload["rows"]} == {"bias (num_buckets=20)", "bias"}
+    seen.clear()
+    acc.run_accuracy(["yahoo_music"], ["bias"], [0], out, num_buckets=10, log=lambda _: None)  # the default
+    assert seen == {"yahoo_music": None}
+    assert len(json.loads(out.read_text())["runs"]) == 3  # the default is its own run, not the 20-bucket one
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["benchmark", "accuracy", "--datasets", "ml-100k,douban", "--num-buckets", "20"], "--num-buckets"),
+        (["benchmark", "accuracy", "--datasets", "yahoo_music", "--num-buckets", "1"], "--num-buckets must be >= 2"),
+        (["train", "--model", "mf", "--dataset", "ml-100k", "--num-buckets", "5"], "ml-100k has levels"),
+        (["data", "info", "douban", "--num-buckets", "5"], "douban has levels"),
+    ],
+)
+def test_bad_num_buckets_exits_2_before_loading_data(capsys, tmp_path, argv, message):
+    from cmcrec.cli import main
+
+    code = main(
+        [*argv, "--data-dir", str(tmp_path / "nowhere")]
+        + (["--out", str(tmp_path / "o.json")] if argv[0] == "benchmark" else [])
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "o.json").exists()

@@ -268,3 +268,21 @@ def test_columns_flag_maps_a_files_header(capsys, tmp_path):
     for bad, message in [("user=who,item", "key=column pairs"), ("user=a,user=b", "user is given twice")]:
         code, out, err = run(capsys, "data", "info", str(path), "--columns", bad)
         assert code == 2 and message in err, err
+
+
+def test_num_buckets_flag_sets_the_saved_models_relation_types(capsys, tmp_path, shared_data):
+    out = tmp_path / "yahoo-bias"
+    argv = ["train", "--model", "bias", "--dataset", "yahoo_music", "--data-dir", str(shared_data)]
+    code, _, err = run(capsys, *argv, "--num-buckets", "20", "--out", str(out), "--no-evaluate", "--json")
+    assert code == 0, err
+    scale = json.loads((out / "manifest.json").read_text())["scale"]
+    assert scale["num_buckets"] == 20 and (scale["levels"][0], scale["levels"][-1]) == (1.0, 100.0)
+    info = {}
+    for flag in ([], ["--num-buckets", "100"]):
+        code, out_text, err = run(
+            capsys, "data", "info", "yahoo_music", "--data-dir", str(shared_data), *flag, "--json"
+        )
+        assert code == 0, err
+        info[len(flag)] = one_json(out_text)
+    assert (info[0]["num_buckets"], info[0]["num_relations"]) == (10, 10)  # the default, without the flag
+    assert (info[2]["num_buckets"], info[2]["num_relations"]) == (100, 100)

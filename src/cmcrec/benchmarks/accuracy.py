@@ -97,6 +97,7 @@ def run_accuracy(
     num_workers: int = 0,
     models_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    num_buckets: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train and score every (dataset, model, seed); returns the results payload written to ``out``.
@@ -104,9 +105,11 @@ def run_accuracy(
     With ``models_dir``, each trained model is saved there (and reused by other studies).
     ``overrides`` (the CLI's ``--set``) are applied after the preset to the models
     that have each key, recorded with each run (part of its resume key) and shown
-    in its row's model label.
+    in its row's model label. ``num_buckets`` (``--num-buckets``) applies to the datasets
+    whose scale is bucketed (yahoo_music); a count other than the dataset's default is
+    recorded as the run's ``num_buckets`` and labelled like an override.
     """
-    from cmcrec.data.datasets import load_split
+    from cmcrec.data.datasets import DATASETS, load_split
 
     payload = load_results(out)
     runs: list[dict[str, Any]] = payload.get("runs", [])
@@ -114,7 +117,10 @@ def run_accuracy(
     done = {_key(r) for r in runs}
     command = command_line()
     for dataset in datasets:
-        split = load_split(dataset, None, data_dir=data_dir)
+        default_buckets = DATASETS[dataset].scale.num_buckets
+        # None: the dataset's own scale (levels, or its default buckets), the runs made before the option.
+        buckets = num_buckets if default_buckets is not None and num_buckets != default_buckets else None
+        split = load_split(dataset, None, data_dir=data_dir, num_buckets=buckets)
         for model in models:
             config = model_config(model, preset, epochs, overrides)
             # The overrides this model's config took (model_config ignores keys it lacks), with the
@@ -128,12 +134,13 @@ def run_accuracy(
                     "preset": preset,
                     "overrides": applied,
                     "epochs": config.epochs,
+                    "num_buckets": buckets,
                 }
                 if _key(key) in done:
                     continue
                 t0 = time.perf_counter()
                 context = RunContext(device=device, seed=seed, num_workers=num_workers, progress=False)
-                artifact = model_key(split.name, model, applied, seed, preset, epochs)
+                artifact = model_key(split.name, model, applied, seed, preset, epochs, buckets)
                 rec = fit_or_load(model, split.train, config, context, models_dir, artifact)
                 pred = rec.predict_indices(split.test.user, split.test.item, num_workers=num_workers)
                 run = {
@@ -160,6 +167,8 @@ def run_accuracy(
                     "command": command,
                     "date": now(),
                 }
+                if buckets is not None:
+                    run["num_buckets"] = buckets
                 if "eval_cap" in rec.training:  # select_eval_cap: the cap chosen on validation, and its scores
                     run["eval_cap"] = rec.training["eval_cap"]
                 runs.append(run)
@@ -178,7 +187,15 @@ def run_accuracy(
 def _key(run: dict[str, Any]) -> tuple:
     """What makes two runs the same run: a study skips a run whose key it already holds."""
     overrides = json.dumps(run.get("overrides") or {}, sort_keys=True)
-    return (run["dataset"], run["model"], run["seed"], run.get("preset"), overrides, run.get("epochs"))
+    return (
+        run["dataset"],
+        run["model"],
+        run["seed"],
+        run.get("preset"),
+        overrides,
+        run.get("epochs"),
+        run.get("num_buckets"),
+    )
 
 
 def _payload(runs: list[dict[str, Any]], merges: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -158,8 +158,11 @@ def require_same_settings(recorded: list[dict[str, Any]], settings: dict[str, An
 
 
 def model_label(run: dict[str, Any]) -> str:
-    """``model``, or ``model (key=value, ...)`` for a run trained with ``--set`` overrides."""
-    overrides = run.get("overrides") or {}
+    """``model``, or ``model (key=value, ...)`` for a run trained with ``--set`` overrides or with
+    ``--num-buckets`` other than the dataset's default (recorded as the run's ``num_buckets``)."""
+    overrides = dict(run.get("overrides") or {})
+    if run.get("num_buckets") is not None:
+        overrides["num_buckets"] = run["num_buckets"]
     if not overrides:
         return run["model"]
     return f"{run['model']} ({', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))})"
@@ -172,12 +175,15 @@ def model_key(
     seed: int,
     preset: str | None = None,
     epochs: int | None = None,
+    num_buckets: int | None = None,
 ) -> str:
     """The ``--models-dir`` name of a trained model: split, model, preset, ``--epochs``, ``--set``
     overrides (less those that act after training, :data:`~cmcrec.training.trainer.POST_TRAINING_FIELDS`:
-    runs differing only in them share the trained weights), seed. Runs that differ in any of them keep
-    their own artifact (before the preset and
-    epochs were part of the name, a paper-preset run overwrote the cpu-preset model of the same seed)."""
+    runs differing only in them share the trained weights), a bucket count other than the dataset's default,
+    seed. Runs that differ in any of them keep their own artifact (before the preset and
+    epochs were part of the name, a paper-preset run overwrote the cpu-preset model of the same seed; the
+    data digest that guards reuse covers the ratings, not their relation types, so buckets must be named)."""
     tag = "".join(f"-{k}{v}" for k, v in sorted(training_settings(overrides or {}).items()))
     budget = (f"-{preset}" if preset else "") + (f"-e{epochs}" if epochs is not None else "")
-    return f"{split_name.replace('/', '-')}-{model}{budget}{tag}-s{seed}"
+    buckets = f"-b{num_buckets}" if num_buckets is not None else ""
+    return f"{split_name.replace('/', '-')}-{model}{budget}{buckets}{tag}-s{seed}"

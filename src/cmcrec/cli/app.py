@@ -19,9 +19,11 @@ from cmcrec.cli.options import (
     DataDir,
     Device,
     Duplicates,
+    NumBuckets,
     Sep,
     SetOpt,
     Workers,
+    bucket_options,
     file_options,
     parse_set,
     read_config_json,
@@ -136,12 +138,14 @@ def data_info(
     sep: Sep = None,
     duplicates: Duplicates = None,
     columns: Columns = None,
+    num_buckets: NumBuckets = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Summary statistics of a dataset or ratings file."""
     from cmcrec.data.datasets import load_ratings
 
-    ratings = load_ratings(name, data_dir=data_dir, **file_options(name, sep, duplicates, columns))
+    options = file_options(name, sep, duplicates, columns) | bucket_options(num_buckets, name)
+    ratings = load_ratings(name, data_dir=data_dir, **options)
     info = ratings.info()
     _emit(info, as_json, "\n".join(f"{k:<26} {v}" for k, v in info.items()))
 
@@ -280,6 +284,7 @@ def train(
     sep: Sep = None,
     duplicates: Duplicates = None,
     columns: Columns = None,
+    num_buckets: NumBuckets = None,
     seed: Seed = 0,
     device: Device = "auto",
     num_workers: Workers = 0,
@@ -288,7 +293,7 @@ def train(
     """Train a model, save it with --out, and report test metrics."""
     if resume and out is None:
         raise ConfigError("--resume needs --out (the checkpoint lives beside it)")
-    options = file_options(dataset, sep, duplicates, columns)
+    options = file_options(dataset, sep, duplicates, columns) | bucket_options(num_buckets, dataset)
     ks = _parse_ks(k)
     _check_rank_users(rank_users)
     from cmcrec.evaluation.pipeline import evaluate_recommender
@@ -358,6 +363,7 @@ def evaluate(
     sep: Sep = None,
     duplicates: Duplicates = None,
     columns: Columns = None,
+    num_buckets: NumBuckets = None,
     seed: Seed = 0,
     device: Device = "auto",
     num_workers: Workers = 0,
@@ -367,7 +373,7 @@ def evaluate(
     from cmcrec.evaluation.pipeline import evaluate_recommender
     from cmcrec.recommender import Recommender
 
-    options = file_options(dataset, sep, duplicates, columns)
+    options = file_options(dataset, sep, duplicates, columns) | bucket_options(num_buckets, dataset)
     ks = _parse_ks(k)
     _check_rank_users(rank_users)
     path = Path(model)

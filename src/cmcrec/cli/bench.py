@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cmcrec.cli.options import Candidates, DataDir, Device, Workers, parse_set
+from cmcrec.cli.options import Candidates, DataDir, Device, NumBuckets, Workers, bucket_options, parse_set
 from cmcrec.errors import ConfigError
 
 bench_app = typer.Typer(help="Run the studies that produce benchmarks/results/.", no_args_is_help=True)
@@ -95,6 +95,7 @@ def accuracy(
             "and shown in its row's model label, e.g. --set ema_decay=0.999.",
         ),
     ] = None,
+    num_buckets: NumBuckets = None,
     as_json: StudyJson = False,
 ) -> None:
     """Test RMSE (mean ± std over seeds) of each model on each dataset's standard split."""
@@ -113,6 +114,11 @@ def accuracy(
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     extra = parse_set(set_)
     _check_overrides(extra, ms)
+    bucket_options(num_buckets)
+    if num_buckets is not None and all(DATASETS[d].scale.num_buckets is None for d in ds):
+        raise ConfigError(
+            f"--num-buckets applies to datasets with a bucketed scale (yahoo_music); none among {', '.join(ds)}"
+        )
     payload = run_accuracy(
         ds,
         ms,
@@ -125,6 +131,7 @@ def accuracy(
         num_workers=num_workers,
         models_dir=models_dir,
         overrides=extra or None,
+        num_buckets=num_buckets,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     if as_json:

@@ -41,6 +41,30 @@ SetOpt = Annotated[
     ),
 ]
 
+NumBuckets = Annotated[
+    int | None,
+    typer.Option(
+        "--num-buckets",
+        help="Relation types of a bucketed rating scale (yahoo_music's 1-100: 10 equal-width buckets by default, "
+        "100 = one per value); for a ratings file, used if its scale is inferred with more than 11 levels.",
+    ),
+]
+
+
+def bucket_options(num_buckets: int | None, dataset: str | None = None) -> dict[str, Any]:
+    """The ``load_split`` option of ``--num-buckets``, checked before any data is read: at least 2, and
+    for a named ``dataset`` only one whose scale is bucketed."""
+    from cmcrec.data.datasets import DATASETS
+
+    if num_buckets is None:
+        return {}
+    if num_buckets < 2:
+        raise ConfigError(f"--num-buckets must be >= 2, got {num_buckets}")
+    if dataset in DATASETS and DATASETS[dataset].scale.num_buckets is None:
+        raise ConfigError(f"--num-buckets applies to a bucketed rating scale (yahoo_music); {dataset} has levels")
+    return {"num_buckets": num_buckets}
+
+
 Columns = Annotated[
     str | None,
     typer.Option(

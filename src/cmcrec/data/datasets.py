@@ -227,12 +227,21 @@ def _looks_like_path(value: object) -> bool:
     return os.sep in text or "/" in text or Path(text).suffix != "" or Path(text).exists()
 
 
+def _check_buckets(spec: DatasetSpec, num_buckets: int | None) -> None:
+    """``num_buckets`` applies to a dataset whose scale is bucketed (yahoo_music) and nowhere else."""
+    if num_buckets is not None and spec.scale.num_buckets is None:
+        raise ConfigError(
+            f"num_buckets applies to bucketed scales only; {spec.name!r} has levels {_levels_text(spec.scale)}"
+        )
+
+
+def _levels_text(scale: RatingScale) -> str:
+    return ", ".join(f"{v:g}" for v in scale.levels)
+
+
 def _monti_scale(spec: DatasetSpec, num_buckets: int | None) -> RatingScale:
-    if num_buckets is None or spec.scale.num_buckets is None:
-        if num_buckets is not None:
-            raise ConfigError(f"num_buckets applies to bucketed scales only; {spec.name!r} has levels")
-        return spec.scale
-    return spec.scale.with_buckets(num_buckets)
+    _check_buckets(spec, num_buckets)
+    return spec.scale if num_buckets is None else spec.scale.with_buckets(num_buckets)
 
 
 def _load_dataset(spec: DatasetSpec, folder: Path | None, num_buckets: int | None) -> Ratings:
@@ -283,6 +292,7 @@ def load_ratings(
         if table_options:
             raise ConfigError(f"options {sorted(table_options)} apply to files, not to the dataset {name_or_path!r}")
         spec = _spec(str(name_or_path))
+        _check_buckets(spec, num_buckets)
         return _load_dataset(spec, _locate(spec, data_dir, download), num_buckets)
     if _looks_like_path(name_or_path):
         if num_buckets is not None:
@@ -341,6 +351,7 @@ def load_split(
     if table_options:
         raise ConfigError(f"options {sorted(table_options)} apply to files, not to the dataset {name!r}")
     spec = _spec(str(name))
+    _check_buckets(spec, num_buckets)
     split = spec.default_split if split in (None, "canonical") else split
     if split not in spec.split_names:
         raise DataError(
