@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 from cmcrec.artifacts import atomic_write_text
@@ -99,9 +100,17 @@ def accuracy_section(d: dict) -> list[str]:
         ]
     cmds = sorted({r["command"] for r in d["runs"]})
     out += ["", "Commands: " + "; ".join(f"`{c}`" for c in cmds), ""]
-    m = d.get("machine", {})
-    out += [f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}.", ""]
+    # Runs record their own machine (the file's `machine` is its last writer's); older runs fall back to it.
+    machines = Counter(_machine_text(r.get("machine") or d.get("machine", {})) for r in d["runs"])
+    if len(machines) == 1:
+        out += [f"Machine: {next(iter(machines))}.", ""]
+    else:
+        out += ["Machines: " + "; ".join(f"{m} ({n} runs)" for m, n in machines.most_common()) + ".", ""]
     return out
+
+
+def _machine_text(m: dict) -> str:
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}"
 
 
 def _accuracy_table(rows: list[dict]) -> list[str]:

@@ -337,6 +337,7 @@ def test_num_buckets_reaches_the_bucketed_datasets_only(tmp_path, monkeypatch):
     assert seen == {"yahoo_music": 20, "douban": None}
     assert {r["dataset"]: r.get("num_buckets") for r in payload["runs"]} == {"yahoo_music": 20, "douban": None}
     assert {r["model"] for r in payload["rows"]} == {"bias (num_buckets=20)", "bias"}
+    assert all(r["machine"]["cores"] >= 1 for r in payload["runs"])  # each run names its machine
     seen.clear()
     acc.run_accuracy(["yahoo_music"], ["bias"], [0], out, num_buckets=10, log=lambda _: None)  # the default
     assert seen == {"yahoo_music": None}

@@ -166,6 +166,7 @@ def run_accuracy(
                     ],
                     "command": command,
                     "date": now(),
+                    "machine": machine(),  # the file's own `machine` is the last writer's
                 }
                 if buckets is not None:
                     run["num_buckets"] = buckets
