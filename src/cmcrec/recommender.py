@@ -426,9 +426,9 @@ class Recommender:
             item = keys[int(np.nonzero(bad)[0][0])]
             value = ratings[item]
             if scale.minimum <= float(value) <= scale.maximum:  # inside the range, between two levels
-                levels = ", ".join(f"{v:g}" for v in scale.levels)
                 raise CmcrecError(
-                    f"ratings: rating {value!r} for item {item!r} is not one of the scale's levels ({levels})"
+                    f"ratings: rating {value!r} for item {item!r} is not one of the scale's levels "
+                    f"({scale.levels_text})"
                 )
             raise CmcrecError(
                 f"ratings: rating {value!r} for item {item!r} is outside the scale {scale.minimum:g}..{scale.maximum:g}"

@@ -231,16 +231,12 @@ def _check_buckets(spec: DatasetSpec, num_buckets: int | None) -> None:
     """``num_buckets`` applies to a dataset whose scale is bucketed (yahoo_music) and nowhere else."""
     if num_buckets is not None and spec.scale.num_buckets is None:
         raise ConfigError(
-            f"num_buckets applies to bucketed scales only; {spec.name!r} has levels {_levels_text(spec.scale)}"
+            f"num_buckets applies to bucketed scales only; {spec.name!r} has levels {spec.scale.levels_text}"
         )
 
 
-def _levels_text(scale: RatingScale) -> str:
-    return ", ".join(f"{v:g}" for v in scale.levels)
-
-
 def _monti_scale(spec: DatasetSpec, num_buckets: int | None) -> RatingScale:
-    _check_buckets(spec, num_buckets)
+    """The scale to read a Monti file with (``num_buckets`` already checked by the public loaders)."""
     return spec.scale if num_buckets is None else spec.scale.with_buckets(num_buckets)
 
 

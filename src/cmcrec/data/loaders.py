@@ -519,7 +519,7 @@ def _check_scale(raw: _RawTable, scale: RatingScale) -> None:
         if scale.num_buckets is not None or not (scale.minimum <= value <= scale.maximum):
             where = f"outside the rating scale {scale.minimum:g}..{scale.maximum:g}"
         else:
-            where = "not a level of the rating scale (" + ", ".join(f"{v:g}" for v in scale.levels) + ")"
+            where = f"not a level of the rating scale ({scale.levels_text})"
         raise raw.fail(row, f"rating {shown} is {where}", field="rating")
 
 

@@ -175,6 +175,11 @@ class RatingScale:
         return self.levels[-1]
 
     @property
+    def levels_text(self) -> str:
+        """The levels as people write them, for messages: ``"1, 2, 3, 4, 5"``."""
+        return ", ".join(f"{v:g}" for v in self.levels)
+
+    @property
     def span(self) -> float:
         return self.maximum - self.minimum
 
